@@ -1,0 +1,71 @@
+"""The ``yolo-batch`` console script.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function that
+adds its parser and sets ``func`` to a callable taking the parsed namespace and
+returning an exit code.
+
+Exit codes: 0 success, 1 usage or input error, 2 run finished with failed shards,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from yolov4.errors import YoloError
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_FAILED_SHARDS = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.cli import detect_cmd, weights_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="yolo-batch",
+        description="YOLOv4 object detection over large image collections.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module in (detect_cmd, weights_cmd):
+        module.register(subparsers)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors; the contract says 1
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return EXIT_USAGE if code == 2 else code
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("yolo-batch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (YoloError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"yolo-batch: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"file not found: {exc.filename}; check the path"
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

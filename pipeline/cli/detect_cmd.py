@@ -1,0 +1,5 @@
+"""Placeholder; replaced by the real subcommand."""
+
+
+def register(subparsers):
+    pass
