@@ -1,0 +1,296 @@
+"""``Detector``: the one entry point other code uses to run YOLOv4.
+
+Build it from a pretrained name or from darknet cfg + weights (+ names); it owns the model on
+its device, the preprocessing, the decode and the NMS::
+
+    detector = Detector.from_pretrained("yolov4-tiny")
+    per_image = detector.detect(["bus.jpg", "zidane.jpg"])       # list[list[Detection]]
+
+    # Pipeline path: uint8 [3, H, W] tensors in, flat device tensors out.
+    dets = detector.detect_batch([torch.from_numpy(rgb).permute(2, 0, 1)])
+
+Boxes are ``(x_min, y_min, x_max, y_max)`` in pixels of the original image after EXIF
+orientation, clipped to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from yolov4.config import DEFAULT_CONFIGS, ModelConfig, check_input_size
+from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg, read_names
+from yolov4.darknet_weights import load_darknet_weights
+from yolov4.decode import RawPredictions, decode_outputs
+from yolov4.errors import YoloError
+from yolov4.imageio import DEFAULT_MAX_IMAGE_PIXELS, load_images
+from yolov4.model import build_model
+from yolov4.postprocess import (
+    DEFAULT_CONF_THRESHOLD,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_NMS_THRESHOLD,
+    Detections,
+    postprocess,
+)
+from yolov4.preprocess import RESIZE_DARKNET, RESIZE_LETTERBOX, RESIZE_MODES, prepare_batch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object; box in pixels of the original image."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    score: float
+    class_id: int
+    class_name: str
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x_min, self.y_min, self.x_max, self.y_max)
+
+
+class Detector:
+    """A YOLOv4 / YOLOv4-tiny model ready for inference on one device.
+
+    Args:
+        model: a :class:`yolov4.model.YOLOv4` or ``YOLOv4Tiny`` with weights loaded (not fused).
+        class_names: one name per class; defaults to ``class<i>``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        precision: ``"fp32"``, or ``"fp16"`` / ``"bf16"`` autocast (CUDA only).
+        resize: ``"darknet"`` (default; ``"letterbox"`` if the cfg says ``letter_box=1``),
+            ``"bilinear"`` or ``"letterbox"``; see :mod:`yolov4.preprocess`.
+        input_size: network input ``(width, height)`` or one int; defaults to the cfg's.
+        conf_threshold, nms_threshold: darknet's ``thresh`` (0.25) and ``nms`` (0.45).
+        nms_kind: ``"diou"`` or ``"iou"``; defaults to the cfg's rule.
+        max_detections: per image, highest scores first.
+        classes: optional class ids or names to keep; others are dropped before NMS.
+        fuse: fold batch norm into the convolutions (same outputs, faster).
+        name: a label for logs and result records.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        class_names: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        resize: str | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        conf_threshold: float = DEFAULT_CONF_THRESHOLD,
+        nms_threshold: float = DEFAULT_NMS_THRESHOLD,
+        nms_kind: str | None = None,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
+        classes: Sequence[int | str] | None = None,
+        fuse: bool = True,
+        name: str | None = None,
+    ) -> None:
+        config: ModelConfig = model.config
+        self.device = torch.device(device)
+        if precision not in PRECISIONS:
+            raise YoloError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise YoloError(
+                f"precision {precision!r} runs as autocast on CUDA only; use 'fp32' on "
+                f"{self.device.type}"
+            )
+        if input_size is not None:
+            config = config.with_input_size(input_size)
+            try:
+                check_input_size(config.input_size)
+            except ValueError as exc:
+                raise YoloError(str(exc)) from None
+        resize = resize or (RESIZE_LETTERBOX if config.letterbox else RESIZE_DARKNET)
+        if resize not in RESIZE_MODES:
+            raise YoloError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if not 0.0 <= conf_threshold < 1.0:
+            raise YoloError(f"conf_threshold must be in [0, 1), got {conf_threshold}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise YoloError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if max_detections < 1:
+            raise YoloError(f"max_detections must be at least 1, got {max_detections}")
+        names = tuple(class_names or config.class_names) or tuple(
+            f"class{i}" for i in range(config.num_classes)
+        )
+        if len(names) != config.num_classes:
+            raise YoloError(
+                f"{len(names)} class names given for a model with {config.num_classes} classes"
+            )
+        self.config = config
+        self.class_names = names
+        self.precision = precision
+        self.resize = resize
+        self.conf_threshold = conf_threshold
+        self.nms_threshold = nms_threshold
+        self.nms_kind = nms_kind or config.nms_kind
+        self.max_detections = max_detections
+        self.name = name or config.arch
+        self.class_mask = self._class_mask(classes)
+        model = model.eval()
+        if fuse:
+            model.fuse()
+        self.model = model.to(self.device)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_darknet(
+        cls,
+        cfg: str | os.PathLike,
+        weights: str | os.PathLike | bytes,
+        names: str | os.PathLike | Sequence[str] | None = None,
+        **kwargs,
+    ) -> Detector:
+        """Build from a darknet cfg, ``.weights`` and optional ``.names`` file.
+
+        The cfg is checked layer by layer against the architecture it describes before any
+        weight is read; the weights must fill the model exactly.
+        """
+        sections = parse_cfg(cfg)
+        class_names = tuple(names) if isinstance(names, (list, tuple)) else (
+            read_names(names) if names is not None else ()
+        )
+        config = config_from_cfg(sections, class_names)
+        model = build_model(config)
+        convs = model.darknet_convs()
+        check_conv_specs(sections, [conv.spec for conv in convs], config.arch)
+        load_darknet_weights(convs, weights, model_name=f"{config.arch} ({config.num_classes} classes)")
+        kwargs.setdefault("name", Path(str(cfg)).stem if not str(cfg).count("\n") else None)
+        return cls(model, class_names=class_names or None, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> Detector:
+        """Build from a registered pretrained model (``yolov4``, ``yolov4-tiny``).
+
+        Fetches the weights into the cache on first use and verifies their sha256 every time.
+        """
+        from yolov4.hub import fetch
+        from yolov4.pretrained import get_pretrained
+
+        entry = get_pretrained(name)
+        weights = fetch(entry.weights)
+        base = DEFAULT_CONFIGS[entry.arch]
+        config = ModelConfig(
+            arch=base.arch,
+            num_classes=len(entry.class_names),
+            anchors=base.anchors,
+            heads=base.heads,
+            input_size=tuple(entry.input_size),
+            letterbox=base.letterbox,
+            nms_kind=base.nms_kind,
+            nms_beta=base.nms_beta,
+            class_names=tuple(entry.class_names),
+        )
+        model = build_model(config)
+        load_darknet_weights(model.darknet_convs(), weights, model_name=entry.name)
+        kwargs.setdefault("name", entry.name)
+        return cls(model, class_names=entry.class_names, **kwargs)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input ``(width, height)``."""
+        return self.config.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    # ----------------------------------------------------------------- inference
+    def forward_raw(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """The model's raw head tensors for a prepared ``[B, 3, h, w]`` float batch in [0, 1]."""
+        with torch.inference_mode(), self._autocast():
+            return [o.float() for o in self.model(batch.to(self.device))]
+
+    def predict_raw(self, batch: torch.Tensor) -> RawPredictions:
+        """Decoded rows (before thresholds and NMS) for a prepared batch."""
+        with torch.inference_mode():
+            return decode_outputs(self.forward_raw(batch), self.config)
+
+    def detect_batch(self, images: Sequence[torch.Tensor]) -> Detections:
+        """Detect on decoded images; everything stays on the device.
+
+        ``images``: each ``[3, H_i, W_i]`` uint8 RGB (display orientation), sizes may differ.
+        Returns flat :class:`~yolov4.postprocess.Detections` on ``self.device``.
+        """
+        with torch.inference_mode():
+            batch, transforms = prepare_batch(images, self.input_size, self.resize, self.device)
+            predictions = decode_outputs(self.forward_raw(batch), self.config)
+            return postprocess(
+                predictions,
+                transforms,
+                conf_threshold=self.conf_threshold,
+                nms_threshold=self.nms_threshold,
+                nms_kind=self.nms_kind,
+                nms_beta=self.config.nms_beta,
+                max_detections=self.max_detections,
+                class_mask=self.class_mask,
+            )
+
+    def detect(
+        self,
+        images: Sequence,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> list[list[Detection]]:
+        """Detect on paths, encoded bytes, PIL images or ``[H, W, 3]`` RGB arrays.
+
+        Returns one list of :class:`Detection` per input, highest score first. An image that
+        cannot be read raises (``FileNotFoundError``, :class:`~yolov4.errors.ImageDecodeError`).
+        """
+        results: list[list[Detection]] = []
+        for start in range(0, len(images), batch_size):
+            arrays = load_images(images[start : start + batch_size], max_pixels=max_pixels)
+            tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
+            detections = self.detect_batch(tensors).to("cpu")
+            for boxes, scores, class_ids in detections.split():
+                results.append(
+                    [
+                        Detection(*box, score, class_id, self.class_names[class_id])
+                        for box, score, class_id in zip(
+                            boxes.tolist(), scores.tolist(), class_ids.tolist()
+                        )
+                    ]
+                )
+        return results
+
+    # ----------------------------------------------------------------- helpers
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _class_mask(self, classes: Sequence[int | str] | None) -> torch.Tensor | None:
+        if classes is None:
+            return None
+        mask = torch.zeros(self.config.num_classes, dtype=torch.bool)
+        for item in classes:
+            if isinstance(item, str) and not item.isdigit():
+                if item not in self.class_names:
+                    raise YoloError(
+                        f"unknown class {item!r}; the model's classes include "
+                        f"{', '.join(self.class_names[:8])}, ..."
+                    )
+                mask[self.class_names.index(item)] = True
+            else:
+                class_id = int(item)
+                if not 0 <= class_id < self.config.num_classes:
+                    raise YoloError(
+                        f"class id {class_id} out of range 0..{self.config.num_classes - 1}"
+                    )
+                mask[class_id] = True
+        return mask.to(self.device)
