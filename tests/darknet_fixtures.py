@@ -17,8 +17,14 @@ YOLOV4_TINY_CFG = DARKNET_DIR / "yolov4-tiny.cfg"
 COCO_NAMES = DARKNET_DIR / "coco.names"
 
 
-def cfg_with(cfg: Path, dest: Path, *, yolo_thresh: float | None = None, size: int | None = None,
-             classes: int | None = None) -> Path:
+def cfg_with(
+    cfg: Path,
+    dest: Path,
+    *,
+    yolo_thresh: float | None = None,
+    size: int | None = None,
+    classes: int | None = None,
+) -> Path:
     """Copy ``cfg`` to ``dest`` with some options changed (for OpenCV and custom models)."""
     text = cfg.read_text()
     if yolo_thresh is not None:
@@ -35,7 +41,7 @@ def cfg_with(cfg: Path, dest: Path, *, yolo_thresh: float | None = None, size: i
             masks = re.search(r"^mask\s*=\s*([\d,\s]+)$", sections[i + 1], flags=re.M).group(1)
             filters = len(masks.split(",")) * (5 + classes)
             head, _, last = sections[i].rpartition("filters=")
-            sections[i] = head + "filters=" + str(filters) + last[last.index("\n"):]
+            sections[i] = head + "filters=" + str(filters) + last[last.index("\n") :]
         text = "[yolo]".join(sections)
     dest.write_text(text)
     return dest

@@ -72,8 +72,16 @@ def nms_reference(boxes, scores, threshold: float, kind: str, beta: float = 0.6)
     return kept
 
 
-def detections_reference(rows: np.ndarray, image_wh, thresh: float, nms: float, kind: str,
-                         beta: float = 0.6, offset=(0.0, 0.0), scale=(1.0, 1.0)):
+def detections_reference(
+    rows: np.ndarray,
+    image_wh,
+    thresh: float,
+    nms: float,
+    kind: str,
+    beta: float = 0.6,
+    offset=(0.0, 0.0),
+    scale=(1.0, 1.0),
+):
     """darknet's detector-test rule on decoded rows of one image.
 
     Returns ``[(class_id, score, (x_min, y_min, x_max, y_max) in pixels, unclipped)]``.
@@ -91,6 +99,6 @@ def detections_reference(rows: np.ndarray, image_wh, thresh: float, nms: float, 
                 scores.append(float(r[5 + c]))
         for i in nms_reference(boxes, scores, nms, kind, beta):
             x0, y0, x1, y1 = boxes[i]
-            W, H = image_wh
-            out.append((c, scores[i], (x0 * W, y0 * H, x1 * W, y1 * H)))
+            width, height = image_wh
+            out.append((c, scores[i], (x0 * width, y0 * height, x1 * width, y1 * height)))
     return out

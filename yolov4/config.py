@@ -63,7 +63,9 @@ class ModelConfig:
             raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
         strides = tuple(h.stride for h in self.heads)
         if strides != HEAD_STRIDES[self.arch]:
-            raise ValueError(f"{self.arch} has heads at strides {HEAD_STRIDES[self.arch]}, got {strides}")
+            raise ValueError(
+                f"{self.arch} has heads at strides {HEAD_STRIDES[self.arch]}, got {strides}"
+            )
         for head in self.heads:
             bad = [m for m in head.mask if not 0 <= m < len(self.anchors)]
             if bad or not head.mask:
@@ -101,8 +103,15 @@ YOLOV4_COCO_CONFIG = ModelConfig(
     arch=ARCH_YOLOV4,
     num_classes=80,
     anchors=(
-        (12, 16), (19, 36), (40, 28), (36, 75), (76, 55),
-        (72, 146), (142, 110), (192, 243), (459, 401),
+        (12, 16),
+        (19, 36),
+        (40, 28),
+        (36, 75),
+        (76, 55),
+        (72, 146),
+        (142, 110),
+        (192, 243),
+        (459, 401),
     ),
     heads=(
         HeadConfig(8, (0, 1, 2), 1.2),

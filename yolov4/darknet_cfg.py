@@ -123,9 +123,7 @@ def detect_arch(sections: list[CfgSection]) -> str:
     )
 
 
-def config_from_cfg(
-    sections: list[CfgSection], class_names: tuple[str, ...] = ()
-) -> ModelConfig:
+def config_from_cfg(sections: list[CfgSection], class_names: tuple[str, ...] = ()) -> ModelConfig:
     """Build a :class:`ModelConfig` from a parsed cfg (architecture detected from its layers)."""
     arch = detect_arch(sections)
     net = sections[0]
@@ -239,5 +237,3 @@ def _nms_rule(yolo: CfgSection) -> tuple[str, float]:
     if kind == "diounms":
         return NMS_DIOU, yolo.get_float("beta_nms", DEFAULT_DIOU_BETA)
     return NMS_IOU, DEFAULT_DIOU_BETA
-
-

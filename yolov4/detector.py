@@ -160,14 +160,17 @@ class Detector:
         weight is read; the weights must fill the model exactly.
         """
         sections = parse_cfg(cfg)
-        class_names = tuple(names) if isinstance(names, (list, tuple)) else (
-            read_names(names) if names is not None else ()
+        class_names = (
+            tuple(names)
+            if isinstance(names, (list, tuple))
+            else (read_names(names) if names is not None else ())
         )
         config = config_from_cfg(sections, class_names)
         model = build_model(config)
         convs = model.darknet_convs()
         check_conv_specs(sections, [conv.spec for conv in convs], config.arch)
-        load_darknet_weights(convs, weights, model_name=f"{config.arch} ({config.num_classes} classes)")
+        model_name = f"{config.arch} ({config.num_classes} classes)"
+        load_darknet_weights(convs, weights, model_name=model_name)
         kwargs.setdefault("name", Path(str(cfg)).stem if not str(cfg).count("\n") else None)
         return cls(model, class_names=class_names or None, **kwargs)
 

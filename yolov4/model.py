@@ -33,7 +33,10 @@ class FiveConvs(nn.Sequential):
 
 
 class SPPBlock(nn.Module):
-    """Three CBLs, SPP, three CBLs on the stride-32 features: ``[B, 1024, h, w] -> [B, 512, h, w]``."""
+    """Three CBLs, SPP, three CBLs on the stride-32 features.
+
+    Shapes: ``[B, 1024, h, w] -> [B, 512, h, w]``.
+    """
 
     def __init__(self, in_channels: int = 1024, mid: int = 512) -> None:
         super().__init__()

