@@ -29,6 +29,7 @@ from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg, rea
 from yolov4.darknet_weights import load_darknet_weights
 from yolov4.decode import RawPredictions, decode_outputs
 from yolov4.errors import YoloError
+from yolov4.hub import fetch
 from yolov4.imageio import DEFAULT_MAX_IMAGE_PIXELS, load_images
 from yolov4.model import build_model
 from yolov4.postprocess import (
@@ -39,6 +40,7 @@ from yolov4.postprocess import (
     postprocess,
 )
 from yolov4.preprocess import RESIZE_DARKNET, RESIZE_LETTERBOX, RESIZE_MODES, prepare_batch
+from yolov4.pretrained import PretrainedModel, get_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +177,17 @@ class Detector:
         return cls(model, class_names=class_names or None, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name: str, **kwargs) -> Detector:
-        """Build from a registered pretrained model (``yolov4``, ``yolov4-tiny``).
+    def from_pretrained(
+        cls, model: str | PretrainedModel, *, cache: str | os.PathLike | None = None, **kwargs
+    ) -> Detector:
+        """Build from a registered pretrained model (``"yolov4"``, ``"yolov4-tiny"``, or a
+        :class:`~yolov4.pretrained.PretrainedModel`).
 
-        Fetches the weights into the cache on first use and verifies their sha256 every time.
+        Fetches the weights into the cache (``cache``, else ``$YOLO_BATCH_CACHE``, else
+        ``~/.cache/yolo-batch``) on first use and verifies their sha256 every time.
         """
-        from yolov4.hub import fetch
-        from yolov4.pretrained import get_pretrained
-
-        entry = get_pretrained(name)
-        weights = fetch(entry.weights)
+        entry = get_pretrained(model) if isinstance(model, str) else model
+        weights = fetch(entry.weights, cache=cache)
         base = DEFAULT_CONFIGS[entry.arch]
         config = ModelConfig(
             arch=base.arch,

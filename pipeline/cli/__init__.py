@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # e.g. piped into `head`; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("yolo-batch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

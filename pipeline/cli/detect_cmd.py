@@ -1,5 +1,170 @@
-"""Placeholder; replaced by the real subcommand."""
+"""``yolo-batch detect IMAGE...``: detect on local files, print a table or JSON, optionally
+write annotated copies.
+
+An image that cannot be read is reported on stderr and skipped; the others are still
+processed, and the exit code is 1 if any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from yolov4.detector import Detection, Detector
+from yolov4.draw import save_annotated
+from yolov4.errors import ImageDecodeError, YoloError
+from yolov4.imageio import read_image
+from yolov4.preprocess import RESIZE_MODES
+from yolov4.pretrained import fetch_sample_images, pretrained_names
+
+EXIT_OK = 0
+EXIT_INPUT_ERROR = 1
+DEFAULT_MODEL = "yolov4-tiny"
+ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def register(subparsers):
-    pass
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect objects in local image files",
+        description="Detect objects in local image files with YOLOv4 and print the results.",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    parser.add_argument(
+        "--samples", action="store_true", help="also detect on the two bundled sample photos"
+    )
+    model = parser.add_argument_group("model (a pretrained name, or a darknet cfg + weights)")
+    model.add_argument(
+        "--model",
+        default=None,
+        help=f"pretrained model: {', '.join(pretrained_names())} (default {DEFAULT_MODEL})",
+    )
+    model.add_argument("--cfg", type=Path, help="darknet .cfg of a custom model")
+    model.add_argument("--weights", type=Path, help="darknet .weights matching --cfg")
+    model.add_argument("--names", type=Path, help="class names file, one per line")
+    options = parser.add_argument_group("inference")
+    options.add_argument("--size", type=int, help="network input size (multiple of 32)")
+    options.add_argument("--conf", type=float, default=0.25, help="score threshold (0.25)")
+    options.add_argument("--iou", type=float, default=0.45, help="NMS overlap threshold (0.45)")
+    options.add_argument("--nms", choices=("diou", "iou"), help="NMS overlap (model default)")
+    options.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (model default)")
+    options.add_argument("--classes", help="comma-separated class names or ids to keep")
+    options.add_argument("--max-det", type=int, default=300, help="detections per image (300)")
+    options.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    options.add_argument(
+        "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="(fp32)"
+    )
+    options.add_argument("--batch-size", type=int, default=8, help="images per forward (8)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="write annotated copies into this directory")
+    output.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(func=run)
+
+
+def build_detector(args: argparse.Namespace) -> Detector:
+    """The detector the options describe."""
+    options = dict(
+        device=args.device,
+        precision=args.precision,
+        resize=args.resize,
+        input_size=args.size,
+        conf_threshold=args.conf,
+        nms_threshold=args.iou,
+        nms_kind=args.nms,
+        max_detections=args.max_det,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+    )
+    if args.cfg or args.weights:
+        if not (args.cfg and args.weights):
+            raise YoloError("--cfg and --weights go together; give both")
+        if args.model:
+            raise YoloError("use either --model or --cfg/--weights, not both")
+        return Detector.from_darknet(args.cfg, args.weights, args.names, **options)
+    return Detector.from_pretrained(args.model or DEFAULT_MODEL, **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.images]
+    if args.samples:
+        paths.extend(fetch_sample_images())
+    if not paths:
+        print("yolo-batch: error: no images given; pass image files or --samples", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    detector = build_detector(args)
+    failed = 0
+    loaded: list[tuple[Path, np.ndarray]] = []
+    for path in paths:
+        try:
+            loaded.append((path, read_image(path)))
+        except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError) as exc:
+            failed += 1
+            reason = f"file not found: {path}" if isinstance(exc, FileNotFoundError) else exc
+            print(f"yolo-batch: error: {path}: {reason}", file=sys.stderr)
+    results = detector.detect([image for _, image in loaded], batch_size=args.batch_size)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _write_annotated(args.out, loaded, results, detector.class_names)
+    if args.json:
+        print(
+            json.dumps(
+                [_as_json(p, img, dets) for (p, img), dets in zip(loaded, results)], indent=2
+            )
+        )
+    else:
+        for (path, image), detections in zip(loaded, results):
+            print(_as_table(path, image, detections))
+    return EXIT_INPUT_ERROR if failed else EXIT_OK
+
+
+def _as_table(path: Path, image: np.ndarray, detections: list[Detection]) -> str:
+    height, width = image.shape[:2]
+    lines = [f"{path} ({width}x{height}): {len(detections)} objects"]
+    if detections:
+        lines.append(f"  {'class':<16}{'score':>7}{'x_min':>9}{'y_min':>9}{'x_max':>9}{'y_max':>9}")
+    for d in detections:
+        lines.append(
+            f"  {d.class_name:<16}{d.score:>7.3f}{d.x_min:>9.1f}{d.y_min:>9.1f}"
+            f"{d.x_max:>9.1f}{d.y_max:>9.1f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _as_json(path: Path, image: np.ndarray, detections: list[Detection]) -> dict:
+    height, width = image.shape[:2]
+    return {
+        "image": str(path),
+        "width": width,
+        "height": height,
+        "detections": [
+            {
+                "class_id": d.class_id,
+                "class_name": d.class_name,
+                "score": round(d.score, 6),
+                "box": [round(v, 2) for v in d.box],
+            }
+            for d in detections
+        ],
+    }
+
+
+def _write_annotated(out_dir: Path, loaded, results, class_names) -> None:
+    used: set[str] = set()
+    for (path, image), detections in zip(loaded, results):
+        suffix = path.suffix.lower() if path.suffix.lower() in ANNOTATED_SUFFIXES else ".jpg"
+        name, counter = f"{path.stem}{suffix}", 1
+        while name in used:  # two inputs with the same file name from different folders
+            counter += 1
+            name = f"{path.stem}-{counter}{suffix}"
+        used.add(name)
+        save_annotated(
+            out_dir / name,
+            image,
+            np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4),
+            np.array([d.score for d in detections], dtype=np.float32),
+            np.array([d.class_id for d in detections], dtype=np.int64),
+            class_names,
+        )
