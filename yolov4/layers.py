@@ -100,17 +100,8 @@ class DarknetConv(nn.Module):
             return
         bn = self.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(
-            self.conv.in_channels,
-            self.conv.out_channels,
-            self.conv.kernel_size,
-            self.conv.stride,
-            self.conv.padding,
-            bias=True,
-        ).to(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
-        fused.weight.copy_(self.conv.weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        self.conv = fused
+        self.conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        self.conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
         self.bn = None
 
     @property
