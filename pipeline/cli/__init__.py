@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from pipeline.errors import RunError
+from pipeline.storage import StorageError
 from yolov4.errors import YoloError
 
 EXIT_OK = 0
@@ -23,7 +25,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.cli import detect_cmd, weights_cmd
+    from pipeline.cli import detect_cmd, query_cmd, run_cmd, status_cmd, weights_cmd
 
     parser = argparse.ArgumentParser(
         prog="yolo-batch",
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (detect_cmd, weights_cmd):
+    for module in (detect_cmd, run_cmd, status_cmd, query_cmd, weights_cmd):
         module.register(subparsers)
     return parser
 
@@ -57,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("yolo-batch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (YoloError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (
+        YoloError,
+        RunError,
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        StorageError,
+    ) as exc:
         print(f"yolo-batch: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,0 +1,128 @@
+"""``yolo-batch run --source URI --output URI``: the distributed detection job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_SHARDS_PER_ACTOR,
+    ModelChoice,
+    RunConfig,
+)
+from pipeline.model_spec import DetectorOptions
+from pipeline.plan import DEFAULT_SHARD_SIZE
+from pipeline.s3 import S3Options
+from yolov4.preprocess import RESIZE_MODES
+from yolov4.pretrained import pretrained_names
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="detect over a bucket, folder or manifest into Parquet tables",
+        description=(
+            "Run YOLOv4 over every image of a source (s3://bucket/prefix, a local folder, or a "
+            "manifest .txt/.csv/.parquet of URIs) on Ray actors and write the detections and "
+            "images tables under the output (s3://bucket/prefix or a local folder)."
+        ),
+    )
+    io = parser.add_argument_group("data")
+    io.add_argument("--source", required=True, help="s3://bucket/prefix, folder or manifest")
+    io.add_argument("--output", required=True, help="s3://bucket/prefix or folder for results")
+    io.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN_ID",
+        help="continue an interrupted run (the latest, or RUN_ID): committed shards are skipped",
+    )
+    io.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    io.add_argument("--region", help="S3 region (else the AWS configuration)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help=f"pretrained: {', '.join(pretrained_names())}")
+    model.add_argument("--cfg", help="darknet .cfg (path or s3://) of a custom model")
+    model.add_argument("--weights", help="darknet .weights (path or s3://) matching --cfg")
+    model.add_argument("--names", help="class names file (path or s3://)")
+    model.add_argument("--size", type=int, help="network input size (multiple of 32)")
+    model.add_argument("--conf", type=float, default=0.25, help="score threshold (0.25)")
+    model.add_argument("--iou", type=float, default=0.45, help="NMS threshold (0.45)")
+    model.add_argument("--nms", choices=("diou", "iou"), help="NMS overlap (model default)")
+    model.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (model default)")
+    model.add_argument("--classes", help="comma-separated class names or ids to keep")
+    model.add_argument("--max-det", type=int, default=300, help="detections per image (300)")
+    model.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    res = parser.add_argument_group("resources")
+    res.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    res.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images/shard")
+    res.add_argument("--actors", type=int, help="detector actors (default: one per GPU, or 1)")
+    res.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0 = CPU; 0.5 shares)"
+    )
+    res.add_argument("--cpus-per-actor", type=float, help="CPUs per actor")
+    res.add_argument("--fetch-threads", type=int, default=16, help="concurrent reads per actor")
+    res.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
+    res.add_argument("--shards-per-actor", type=int, default=DEFAULT_SHARDS_PER_ACTOR)
+    res.add_argument("--max-image-bytes", type=int, help="larger objects become error rows")
+    res.add_argument("--max-image-pixels", type=int, help="larger images become error rows")
+    res.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else local)")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    classes = (
+        tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+    )
+    resume_id = None if args.resume in (None, "latest") else args.resume
+    return RunConfig(
+        source=args.source,
+        output=args.output,
+        model=ModelChoice(args.model, args.cfg, args.weights, args.names),
+        detector=DetectorOptions(
+            input_size=args.size,
+            conf_threshold=args.conf,
+            nms_threshold=args.iou,
+            nms_kind=args.nms,
+            resize=args.resize,
+            max_detections=args.max_det,
+            classes=classes,
+        ),
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        fetch_threads=args.fetch_threads,
+        max_attempts=args.max_attempts,
+        shards_per_actor=args.shards_per_actor,
+        ray_address=args.address,
+        s3=S3Options(endpoint_url=args.endpoint_url, region=args.region),
+        precision=args.precision,
+        resume=args.resume is not None,
+        run_id=resume_id,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline import driver
+
+    config = config_from_args(args)
+    outcome = driver.run(config, bar=False if args.no_progress else None)
+    p = outcome.progress
+    print(
+        f"run {outcome.run_id}: {p.state}; {p.images_done:,}/{p.images_total:,} images "
+        f"({p.images_error:,} errors), {p.detections:,} detections, "
+        f"{p.shards_committed}/{p.shards_total} shards committed, {p.shards_failed} failed"
+    )
+    if p.shards_failed:
+        print(
+            f"retry the failed shards with: yolo-batch run --source {args.source} "
+            f"--output {args.output} --resume {outcome.run_id}",
+            file=sys.stderr,
+        )
+    return outcome.exit_code

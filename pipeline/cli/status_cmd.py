@@ -1,0 +1,82 @@
+"""``yolo-batch status OUTPUT [--run RUN_ID]``: progress and outcome of a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from pipeline.layout import OutputLayout
+from pipeline.ledger import Ledger
+from pipeline.s3 import S3Options
+from pipeline.storage import storage_for
+from pipeline.uris import normalize
+from yolov4.errors import YoloError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status", help="progress and outcome of the latest (or a given) run"
+    )
+    parser.add_argument("output", help="the run's output (s3://bucket/prefix or folder)")
+    parser.add_argument("--run", help="a run id (default: the latest)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    parser.set_defaults(func=run)
+
+
+def collect_status(output: str, run_id: str | None, s3: S3Options) -> dict:
+    """The run record, with the live status file's counters when it is the latest run."""
+    output = normalize(output)
+    storage = storage_for(output, s3)
+    layout = OutputLayout(output)
+    ledger = Ledger(storage, layout)
+    run_id = run_id or ledger.latest_run_id()
+    if run_id is None:
+        raise YoloError(f"no runs under {output}; start one with yolo-batch run")
+    record = json.loads(ledger.read_run(run_id).to_json())
+    try:
+        live = json.loads(storage.read_bytes(layout.status))
+    except FileNotFoundError:
+        live = {}
+    if live.get("run_id") == run_id:
+        record["live"] = live
+    failures = ledger.failures(run_id)
+    record["failed_shards"] = {str(k): v.get("reason") for k, v in sorted(failures.items())}
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    status = collect_status(args.output, args.run, S3Options(endpoint_url=args.endpoint_url))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    live = status.get("live", {})
+    total = status.get("num_images") or live.get("images_total") or 0
+    done = live.get("images_done", status["images_ok"] + status["images_error"])
+    print(f"run        {status['run_id']}  ({status['status']})")
+    print(f"source     {status['source']}")
+    print(
+        f"model      {status['model'].get('model')}  sha256 {status['model'].get('weights_sha256')}"
+    )
+    started, finished = _when(status.get("started_at")), _when(status.get("finished_at"))
+    errors = live.get("images_error", status["images_error"])
+    print(f"started    {started}   finished {finished}")
+    print(f"images     {done:,} of {total:,} done; errors {errors:,}")
+    print(f"detections {live.get('detections', status['detections']):,}")
+    print(
+        f"shards     {live.get('shards_committed', status['shards_committed'])} of "
+        f"{status.get('num_shards') or live.get('shards_total', 0)} committed, "
+        f"{len(status['failed_shards'])} failed"
+    )
+    if live.get("images_per_second") is not None:
+        print(f"speed      {live['images_per_second']:.2f} images/s")
+    for shard_id, reason in status["failed_shards"].items():
+        print(f"failed     shard {shard_id}: {reason}")
+    if status.get("message"):
+        print(f"note       {status['message']}")
+    return 0
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))

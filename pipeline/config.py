@@ -1,0 +1,63 @@
+"""The settings of one ``yolo-batch run``; the CLI and job specs both produce a RunConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.model_spec import DetectorOptions
+from pipeline.plan import DEFAULT_SHARD_SIZE
+from pipeline.s3 import S3Options
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BATCH_SIZE = 8
+#: Shards queued on each actor at once: one running, one ready to start.
+DEFAULT_SHARDS_PER_ACTOR = 2
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A pretrained name, or darknet cfg + weights (+ names) as paths or s3:// URIs."""
+
+    name: str | None = None
+    cfg: str | None = None
+    weights: str | None = None
+    names: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    source: str
+    output: str
+    model: ModelChoice = field(default_factory=ModelChoice)
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    num_actors: int | None = None
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float | None = None
+    fetch_threads: int = 16
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    shards_per_actor: int = DEFAULT_SHARDS_PER_ACTOR
+    ray_address: str | None = None
+    s3: S3Options = field(default_factory=S3Options)
+    precision: str = "fp32"
+    resume: bool = False
+    run_id: str | None = None
+    max_image_bytes: int | None = None
+    max_image_pixels: int | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad field and the accepted values."""
+        checks = [
+            (self.shard_size >= 1, "shard_size must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.num_actors is None or self.num_actors >= 1, "num_actors must be at least 1"),
+            (self.gpus_per_actor >= 0, "gpus_per_actor must be 0 (CPU) or more"),
+            (self.cpus_per_actor is None or self.cpus_per_actor > 0, "cpus_per_actor must be > 0"),
+            (self.fetch_threads >= 1, "fetch_threads must be at least 1"),
+            (self.max_attempts >= 1, "max_attempts must be at least 1"),
+            (self.shards_per_actor >= 1, "shards_per_actor must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

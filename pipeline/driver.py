@@ -1,0 +1,523 @@
+"""The driver: plan the shards, run them on Ray actors, retry failures, commit, report.
+
+Lifecycle of :func:`run`:
+
+1. **Preflight**: the source can be read, the output written, and the output is not inside
+   the source.
+2. **Run identity**: a new run id, or on ``resume`` the given / latest run, whose model and
+   inference settings must match this invocation's.
+3. **Plan** (:mod:`pipeline.plan`), unless the resumed run's plan is complete.
+4. **Actors**: one :class:`~pipeline.actor.DetectorActor` per slot, the model's weights shipped
+   once through the Ray object store.
+5. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``); the driver
+   tracks its own actors (not ``ray.util.ActorPool``, which keeps picking a dead actor). A
+   shard whose task raised is retried on any live actor after a backoff, up to
+   ``max_attempts``; a dead actor is replaced and its shards requeued (a preempted node's
+   shard does not use up an attempt). A shard out of attempts is marked failed; the rest go on.
+6. **Commit**: after a shard's files are written, its commit marker; readers see only
+   committed shards.
+7. **Finish**: the run record and ``_status.json`` get the outcome; exit code 0, 2 (failed
+   shards) or 130 (interrupted: in-flight shards stay uncommitted, resumable).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import ray
+import ray.exceptions
+
+from pipeline.actor import ActorConfig, DetectorActor, ShardResult, ShardTask
+from pipeline.config import RunConfig
+from pipeline.errors import RunError
+from pipeline.layout import OutputLayout
+from pipeline.ledger import (
+    RUN_FAILED_SHARDS,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
+    Ledger,
+    RunRecord,
+    new_attempt_token,
+    new_run_id,
+)
+from pipeline.model_spec import ModelSpec, resolve_model
+from pipeline.plan import PlanSummary, read_plan_summary, read_shard, write_plan
+from pipeline.progress import ProgressReporter, RunProgress
+from pipeline.sources import open_source
+from pipeline.storage import StorageError, storage_for
+from pipeline.uris import is_within, join, normalize
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED_SHARDS = 2
+EXIT_INTERRUPTED = 130
+
+#: First retry delay of a failed shard; doubles with each attempt, capped.
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 30.0
+#: Replacements of dead actors allowed per actor slot before the run gives up.
+MAX_ACTOR_REPLACEMENTS = 5
+#: Seconds to wait for actors to load the model before reporting that they cannot start.
+ACTOR_START_TIMEOUT_S = 600.0
+#: Longest ``ray.wait`` between progress refreshes.
+WAIT_TIMEOUT_S = 1.0
+#: Threads reading earlier commit markers' counts on resume.
+MARKER_READ_THREADS = 16
+PREFLIGHT_NAME = ".yolo-batch-preflight"
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    exit_code: int
+    progress: RunProgress
+    processed_shards: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Shard:
+    shard_id: int
+    attempts: int = 0
+    ready_at: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class _Slot:
+    index: int
+    handle: object
+    generation: int = 0
+    replacements: int = 0
+    in_flight: dict = field(default_factory=dict)  # ObjectRef -> (_Shard, generation)
+
+
+def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> RunOutcome:
+    """Run (or resume) a detection job as ``config`` describes; see the module docstring."""
+    config.validate()
+    source_uri, output_uri = normalize(config.source), normalize(config.output)
+    storage = storage_for(output_uri, config.s3)
+    layout = OutputLayout(output_uri)
+    ledger = Ledger(storage, layout)
+    source = open_source(source_uri, config.s3)
+    _preflight(source, source_uri, output_uri, storage)
+
+    spec, weights = resolve_model(
+        model=config.model.name,
+        cfg=config.model.cfg,
+        weights=config.model.weights,
+        names=config.model.names,
+        options=config.detector,
+        s3_options=config.s3,
+    )
+    record = _open_run(config, ledger, spec, source_uri, output_uri)
+    progress = RunProgress(record.run_id)
+    reporter = ProgressReporter(
+        progress, storage=storage, status_uri=layout.status, stream=reporter_stream, bar=bar
+    )
+    try:
+        plan = read_plan_summary(storage, layout, record.run_id) if config.resume else None
+        if plan is None:
+            progress.state = "planning"
+
+            def on_shard(shards: int, images: int) -> None:
+                progress.shards_total, progress.images_total = shards, images
+                reporter.tick()
+
+            plan = write_plan(
+                source.iter_objects(),
+                storage=storage,
+                layout=layout,
+                run_id=record.run_id,
+                source=source_uri,
+                shard_size=config.shard_size,
+                on_shard=on_shard,
+            )
+        record.num_shards, record.num_images = plan.num_shards, plan.num_images
+        progress.shards_total, progress.images_total = plan.num_shards, plan.num_images
+        ledger.write_run(record)
+        dispatcher = _Dispatcher(config, spec, weights, plan, ledger, progress, reporter)
+        processed = dispatcher.run()
+    except KeyboardInterrupt:
+        progress.state = RUN_INTERRUPTED
+        _finish(record, progress, ledger, RUN_INTERRUPTED, "interrupted; resume with --resume")
+        reporter.close()
+        return RunOutcome(record.run_id, EXIT_INTERRUPTED, progress)
+    except BaseException as exc:
+        progress.state = "error"
+        _finish(record, progress, ledger, "error", f"{type(exc).__name__}: {exc}")
+        reporter.close()
+        raise
+    status = RUN_FAILED_SHARDS if progress.shards_failed else RUN_SUCCEEDED
+    progress.state = status
+    message = (
+        f"{progress.shards_failed} shard(s) failed; rerun with --resume {record.run_id} "
+        "to retry only those"
+        if progress.shards_failed
+        else None
+    )
+    _finish(record, progress, ledger, status, message)
+    reporter.close()
+    code = EXIT_FAILED_SHARDS if progress.shards_failed else EXIT_OK
+    return RunOutcome(record.run_id, code, progress, processed)
+
+
+# --------------------------------------------------------------------------- stages
+def _preflight(source, source_uri: str, output_uri: str, storage) -> None:
+    """Stop before any work if the source cannot be read or the output not written."""
+    if is_within(output_uri, source_uri) and source.kind != "manifest":
+        raise RunError(
+            f"the output {output_uri} is inside the source {source_uri}; results would be "
+            "read back as input. Choose an output outside the source"
+        )
+    try:
+        iterator = source.iter_objects()
+        next(iterator, None)
+        close = getattr(iterator, "close", None)
+        if close:
+            close()
+    except FileNotFoundError as exc:
+        raise RunError(f"cannot read the source {source_uri}: {exc}; check the path") from None
+    except StorageError as exc:
+        raise RunError(f"cannot read the source {source_uri}: {exc}") from None
+    probe = join(output_uri, PREFLIGHT_NAME)
+    try:
+        storage.write_bytes(probe, b"ok")
+        storage.delete(probe)
+    except (StorageError, OSError) as exc:
+        raise RunError(
+            f"cannot write to the output {output_uri}: {exc}; check permissions or credentials"
+        ) from None
+
+
+def _open_run(
+    config: RunConfig, ledger: Ledger, spec: ModelSpec, source_uri: str, output_uri: str
+) -> RunRecord:
+    fingerprint = spec.fingerprint()
+    if not config.resume:
+        run_id = config.run_id or new_run_id()
+        record = RunRecord(
+            run_id=run_id,
+            source=source_uri,
+            output=output_uri,
+            model=fingerprint,
+            config=_config_record(config),
+            started_at=time.time(),
+        )
+        ledger.write_run(record)
+        return record
+    run_id = config.run_id or ledger.latest_run_id()
+    if run_id is None:
+        raise RunError(f"nothing to resume: no runs under {output_uri}")
+    record = ledger.read_run(run_id)
+    if record.model != fingerprint:
+        raise RunError(
+            f"run {run_id} used model {record.model.get('model')} with settings "
+            f"{record.model.get('options')}; this invocation differs ({fingerprint['model']}, "
+            f"{fingerprint['options']}). Resume with the same model and thresholds, or start "
+            "a new run without --resume"
+        )
+    if record.source != source_uri:
+        raise RunError(
+            f"run {run_id} read {record.source}, not {source_uri}; resume with the same --source"
+        )
+    record.status = RUN_RUNNING
+    record.resumed += 1
+    record.started_at = time.time()
+    record.finished_at = None
+    ledger.write_run(record)
+    return record
+
+
+def _config_record(config: RunConfig) -> dict:
+    """The configuration as stored in the run record (no credentials exist in it)."""
+    out = asdict(config)
+    out.pop("resume", None)
+    return out
+
+
+def _finish(record, progress, ledger, status, message) -> None:
+    record.status = status
+    record.finished_at = time.time()
+    record.shards_committed = progress.shards_committed
+    record.shards_failed = progress.shards_failed
+    record.images_ok = progress.images_ok
+    record.images_error = progress.images_error
+    record.detections = progress.detections
+    record.images_per_second = round(progress.images_per_second, 3)
+    record.message = message
+    try:
+        ledger.write_run(record)
+    except (StorageError, OSError) as exc:
+        logger.error("could not write the run record: %s", exc)
+
+
+# --------------------------------------------------------------------------- dispatch
+class _Dispatcher:
+    def __init__(self, config, spec, weights, plan: PlanSummary, ledger, progress, reporter):
+        self.config = config
+        self.spec = spec
+        self.plan = plan
+        self.ledger = ledger
+        self.progress = progress
+        self.reporter = reporter
+        self.run_id = plan.run_id
+        self.weights = weights
+        self.processed: list[int] = []
+        self.slots: list[_Slot] = []
+
+    def run(self) -> list[int]:
+        committed = self.ledger.commits(self.run_id)
+        self._count_committed(committed)
+        todo = [s for s in range(self.plan.num_shards) if s not in committed]
+        if not todo:
+            logger.info("run %s: every shard is already committed", self.run_id)
+            return []
+        self.progress.state = "starting actors"
+        self.reporter.tick(force=True)
+        _init_ray(self.config)
+        self.weights_ref = ray.put(self.weights)
+        self._start_actors(min(self._num_actors(), len(todo)))
+        self.progress.state = RUN_RUNNING
+        queue = collections.deque(_Shard(s) for s in todo)
+        try:
+            self._loop(queue)
+        finally:
+            for slot in self.slots:
+                ray.kill(slot.handle, no_restart=True)
+            self.progress.actors_live = 0
+        return self.processed
+
+    # ------------------------------------------------------------------ actors
+    def _num_actors(self) -> int:
+        if self.config.num_actors:
+            return self.config.num_actors
+        if self.config.gpus_per_actor > 0:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            return max(1, int(gpus // self.config.gpus_per_actor))
+        return 1
+
+    def _actor_options(self) -> dict:
+        cpus = self.config.cpus_per_actor
+        if cpus is None:
+            cpus = (
+                1
+                if self.config.gpus_per_actor > 0
+                else max(1, ray.cluster_resources().get("CPU", 1) // self._num_actors())
+            )
+        return {"num_cpus": cpus, "num_gpus": self.config.gpus_per_actor, "max_restarts": 0}
+
+    def _actor_config(self) -> ActorConfig:
+        kwargs = dict(
+            batch_size=self.config.batch_size,
+            fetch_threads=self.config.fetch_threads,
+            device="cuda" if self.config.gpus_per_actor > 0 else "cpu",
+            precision=self.config.precision,
+        )
+        if self.config.max_image_bytes:
+            kwargs["max_image_bytes"] = self.config.max_image_bytes
+        if self.config.max_image_pixels:
+            kwargs["max_image_pixels"] = self.config.max_image_pixels
+        cpus = self._actor_options()["num_cpus"]
+        kwargs["torch_threads"] = max(1, int(cpus))
+        return ActorConfig(**kwargs)
+
+    def _new_actor(self):
+        return DetectorActor.options(**self._actor_options()).remote(
+            self.spec, self.weights_ref, self._actor_config(), self.config.s3
+        )
+
+    def _start_actors(self, count: int) -> None:
+        self.slots = [_Slot(i, self._new_actor()) for i in range(count)]
+        ready = [slot.handle.ready.remote() for slot in self.slots]
+        deadline = time.time() + ACTOR_START_TIMEOUT_S
+        pending = list(ready)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_TIMEOUT_S)
+            for ref in done:
+                try:
+                    info = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise RunError(f"an actor failed to load the model: {_short(exc)}") from None
+                logger.info("actor ready: %s", info)
+            self.progress.actors_live = len(self.slots) - len(pending)
+            self.reporter.tick()
+            if pending and time.time() > deadline:
+                raise RunError(
+                    f"{len(pending)} actor(s) could not start within {ACTOR_START_TIMEOUT_S:.0f}"
+                    f" s: the cluster may lack the resources asked for ({self._actor_options()})"
+                    "; lower --actors / --gpus-per-actor, or add nodes"
+                )
+        self.progress.actors_live = len(self.slots)
+
+    def _replace_actor(self, slot: _Slot, reason: str) -> None:
+        slot.replacements += 1
+        self.progress.actor_restarts += 1
+        if slot.replacements > MAX_ACTOR_REPLACEMENTS:
+            raise RunError(
+                f"actor {slot.index} died {slot.replacements} times (last: {reason}); the "
+                "workers may be running out of memory: lower --batch-size or --fetch-threads"
+            )
+        logger.warning("actor %d died (%s); starting a replacement", slot.index, reason)
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.kill(slot.handle, no_restart=True)
+        slot.handle = self._new_actor()
+        slot.generation += 1
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, queue: collections.deque) -> None:
+        while queue or any(slot.in_flight for slot in self.slots):
+            self._fill(queue)
+            refs = {ref: slot for slot in self.slots for ref in slot.in_flight}
+            self.progress.shards_in_flight = len(refs)
+            if not refs:
+                wait = min(s.ready_at for s in queue) - time.time()
+                time.sleep(min(max(wait, 0.01), WAIT_TIMEOUT_S))
+                self.reporter.tick()
+                continue
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_TIMEOUT_S)
+            for ref in done:
+                slot = refs[ref]
+                shard, generation = slot.in_flight.pop(ref)
+                self._settle(ref, slot, shard, generation, queue)
+            self.progress.shards_in_flight = sum(len(s.in_flight) for s in self.slots)
+            self.reporter.tick()
+
+    def _fill(self, queue: collections.deque) -> None:
+        now = time.time()
+        for slot in self.slots:
+            while len(slot.in_flight) < self.config.shards_per_actor:
+                shard = _pop_ready(queue, now)
+                if shard is None:
+                    return
+                shard.attempts += 1
+                task = ShardTask(
+                    run_id=self.run_id,
+                    shard_id=shard.shard_id,
+                    attempt=shard.attempts,
+                    attempt_token=new_attempt_token(shard.attempts),
+                    output_root=self.ledger.layout.root,
+                    objects=read_shard(
+                        self.ledger.storage, self.ledger.layout, self.run_id, shard.shard_id
+                    ),
+                )
+                ref = slot.handle.process_shard.remote(task)
+                slot.in_flight[ref] = (shard, slot.generation)
+
+    def _settle(self, ref, slot: _Slot, shard: _Shard, generation: int, queue) -> None:
+        try:
+            result: ShardResult = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if generation == slot.generation:
+                self._replace_actor(slot, _short(exc))
+            if _preempted(exc):
+                shard.attempts -= 1  # a lost node is not the shard's fault
+            self._retry(shard, f"actor died: {_short(exc)}", queue)
+            return
+        except ray.exceptions.RayTaskError as exc:
+            self._retry(shard, _short(exc), queue)
+            return
+        try:
+            self.ledger.commit(self.run_id, shard.shard_id, result.attempt_token, _counts(result))
+        except (StorageError, OSError) as exc:
+            self._retry(shard, f"commit: {exc}", queue)
+            return
+        self.processed.append(shard.shard_id)
+        p = self.progress
+        p.shards_committed += 1
+        p.images_done += result.num_images
+        p.images_done_this_session += result.num_images
+        p.images_ok += result.num_ok
+        p.images_error += result.num_errors
+        p.detections += result.num_detections
+        p.failed_shards.pop(str(shard.shard_id), None)
+
+    def _retry(self, shard: _Shard, reason: str, queue) -> None:
+        shard.last_error = reason
+        if shard.attempts >= self.config.max_attempts:
+            logger.error(
+                "shard %d failed after %d attempts: %s", shard.shard_id, shard.attempts, reason
+            )
+            self.progress.shards_failed += 1
+            self.progress.failed_shards[str(shard.shard_id)] = reason
+            self.ledger.mark_failed(self.run_id, shard.shard_id, reason, shard.attempts)
+            return
+        delay = min(RETRY_BACKOFF_S * 2 ** max(shard.attempts - 1, 0), RETRY_BACKOFF_MAX_S)
+        logger.warning(
+            "shard %d attempt %d failed (%s); retrying in %.1f s",
+            shard.shard_id,
+            shard.attempts,
+            reason,
+            delay,
+        )
+        self.progress.shard_retries += 1
+        shard.ready_at = time.time() + delay
+        queue.append(shard)
+
+    def _count_committed(self, committed: dict) -> None:
+        """Fold earlier sessions' committed shards into the progress counters."""
+        if not committed:
+            return
+        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+            bodies = list(
+                pool.map(
+                    lambda m: self.ledger.read_commit_counts(self.run_id, m), committed.values()
+                )
+            )
+        p = self.progress
+        for body in bodies:
+            p.shards_committed += 1
+            p.images_done += body.get("num_images", 0)
+            p.images_ok += body.get("num_ok", 0)
+            p.images_error += body.get("num_errors", 0)
+            p.detections += body.get("num_detections", 0)
+
+
+def _pop_ready(queue: collections.deque, now: float) -> _Shard | None:
+    for _ in range(len(queue)):
+        shard = queue.popleft()
+        if shard.ready_at <= now:
+            return shard
+        queue.append(shard)
+    return None
+
+
+def _counts(result: ShardResult) -> dict:
+    return {
+        "num_images": result.num_images,
+        "num_ok": result.num_ok,
+        "num_errors": result.num_errors,
+        "num_detections": result.num_detections,
+        "attempt": result.attempt,
+    }
+
+
+def _preempted(exc: BaseException) -> bool:
+    return bool(getattr(exc, "preempted", False))
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _init_ray(config: RunConfig) -> None:
+    """Join ``--address`` / ``RAY_ADDRESS``, else start a local Ray with no dashboard."""
+    if ray.is_initialized():
+        return
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    common = dict(logging_level=logging.WARNING, log_to_driver=True)
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(include_dashboard=False, **common)
+
+
+__all__ = ["EXIT_FAILED_SHARDS", "EXIT_INTERRUPTED", "EXIT_OK", "RunError", "RunOutcome", "run"]
