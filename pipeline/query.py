@@ -95,7 +95,12 @@ def query(output: str, sql: str, s3_options: S3Options | None = None) -> pa.Tabl
     """Run ``sql`` against the views of ``output``; returns an Arrow table."""
     con = connect(output, s3_options)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        relation = con.sql(sql)
+        if relation is None:  # a statement without a result set
+            return pa.table({})
+        # DuckDB 2 renamed Relation.arrow() to to_arrow_table().
+        fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+        return fetch()
     finally:
         con.close()
 

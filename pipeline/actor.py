@@ -1,0 +1,562 @@
+"""The worker side of a run: one model per process, shards in, Parquet files out.
+
+:class:`ShardProcessor` does the work and knows nothing of Ray; :class:`DetectorActor` wraps it
+as a Ray actor (the caller sets its resources with ``.options(num_cpus=, num_gpus=)``).
+
+For each shard the processor streams the shard's objects through three overlapping stages::
+
+    fetch (thread pool, fetch_threads)  ->  decode (thread pool, decode_threads)
+        -> batches of batch_size decoded images, in plan order -> detector (calling thread)
+
+At most ``lookahead`` images are fetched or decoded ahead of the model, so memory stays flat
+however large the shard, while the next images load during each forward pass. Per-image
+failures (missing object, over the byte limit, unreadable, undecodable) become ``images`` rows
+with status ``error``; failures of the model or of writing the output raise, and the driver
+retries the whole shard. Each shard's two tables are written as one Parquet file each, named
+by the attempt token, straight to the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
+from pipeline.model_spec import ModelSpec
+from pipeline.s3 import S3Options
+from pipeline.schema import STATUS_ERROR, STATUS_OK
+from pipeline.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
+from pipeline.storage import LocalStorage, ObjectTooLargeError, S3Storage, StorageError
+from pipeline.uris import is_s3
+from yolov4.errors import ImageDecodeError
+from yolov4.imageio import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, decode_image
+
+if TYPE_CHECKING:
+    from pipeline.sources import SourceObject
+
+logger = logging.getLogger(__name__)
+
+#: Longest free-text detail kept in a ``fetch: ...`` / ``decode: ...`` error message.
+MAX_REASON_CHARS = 120
+ERROR_NOT_FOUND = "not found"
+_ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{12,}\b")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """How an actor runs: batching, I/O concurrency, limits and device.
+
+    ``lookahead``: images fetched or decoded ahead of the model (bounds memory); default
+    ``max(fetch_threads, 2 * batch_size)``.
+    """
+
+    batch_size: int = 8
+    fetch_threads: int = 16
+    decode_threads: int | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    device: str = "cpu"
+    precision: str = "fp32"
+    torch_threads: int | None = None
+    lookahead: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "fetch_threads", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("decode_threads", "torch_threads", "lookahead"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None), got {value}")
+
+    @property
+    def window(self) -> int:
+        return self.lookahead or max(self.fetch_threads, 2 * self.batch_size)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One attempt at one shard: what to read (in plan order) and where to write."""
+
+    run_id: str
+    shard_id: int
+    attempt: int
+    attempt_token: str
+    output_root: str
+    objects: tuple[SourceObject, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objects", tuple(self.objects))
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard attempt wrote, with counts and timings.
+
+    Timings in seconds: ``seconds`` wall time of the attempt; ``detect_seconds`` in the model
+    (preprocessing, forward, decode, NMS, copy to host); ``fetch_seconds`` / ``decode_seconds``
+    summed over the I/O and decode threads; ``wait_seconds`` the model side spent waiting for
+    decoded images (near zero when I/O keeps up); ``write_seconds`` serialising and writing the
+    Parquet files.
+    """
+
+    run_id: str
+    shard_id: int
+    attempt: int
+    attempt_token: str
+    files: dict[str, str]
+    num_images: int
+    num_ok: int
+    num_errors: int
+    num_detections: int
+    bytes_read: int
+    seconds: float
+    detect_seconds: float
+    fetch_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    write_seconds: float = 0.0
+    num_batches: int = 0
+    bytes_written: int = 0
+
+
+@dataclass
+class _Loaded:
+    """One object on its way through fetch and decode."""
+
+    row: int
+    data: bytes | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+    size: int | None = None
+    etag: str | None = None
+    nbytes: int = 0
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _ShardState:
+    """Per-shard accumulators, touched only by the calling thread."""
+
+    num_images: int
+    detections: DetectionsBuffer = field(default_factory=DetectionsBuffer)
+    status: list[str] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)
+    width: list[int | None] = field(default_factory=list)
+    height: list[int | None] = field(default_factory=list)
+    etag: list[str | None] = field(default_factory=list)
+    size: list[int | None] = field(default_factory=list)
+    bytes_read: int = 0
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    wait_s: float = 0.0
+    detect_s: float = 0.0
+    num_batches: int = 0
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its Ray CPU allocation inside an actor, else its affinity."""
+    if ray.is_initialized():
+        try:
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except Exception:  # not in a worker, or an older runtime context
+            assigned = None
+        if assigned:
+            return max(1, round(assigned))
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class ShardProcessor:
+    """Runs shards through one detector; reusable across shards, not thread-safe.
+
+    Args:
+        spec, weights: the model, built once here on ``config.device``.
+        config: batching, concurrency, limits.
+        s3_options: non-secret S3 client settings (credentials come from the environment).
+        cpus: CPUs to size the decode pool and torch threads by; default :func:`available_cpus`.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: bytes,
+        config: ActorConfig,
+        s3_options: S3Options | None = None,
+        *,
+        cpus: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.cpus = cpus or available_cpus()
+        self.torch_threads = config.torch_threads or self.cpus
+        torch.set_num_threads(self.torch_threads)
+        started = time.perf_counter()
+        self.detector = spec.build_detector(
+            weights, device=config.device, precision=config.precision
+        )
+        self._class_names = class_name_array(self.detector.class_names)
+        self._local = LocalStorage()
+        self._s3 = S3Storage(s3_options, max_pool_connections=config.fetch_threads + 1)
+        self._fetch_pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
+        self._decode_pool = ThreadPoolExecutor(
+            config.decode_threads or self.cpus, thread_name_prefix="decode"
+        )
+        self._closed = False
+        logger.info(
+            "loaded %s on %s in %.1fs (torch threads %d, fetch threads %d, decode threads %d)",
+            spec.name,
+            self.detector.device,
+            time.perf_counter() - started,
+            self.torch_threads,
+            config.fetch_threads,
+            config.decode_threads or self.cpus,
+        )
+
+    # ----------------------------------------------------------------- public
+    def process(self, task: ShardTask) -> ShardResult:
+        """Detect on every object of the shard and write its two Parquet files."""
+        if self._closed:
+            raise RuntimeError("this ShardProcessor is closed")
+        if not is_s3(task.output_root) and not os.path.isabs(task.output_root):
+            raise ValueError(f"output root must be s3:// or an absolute path: {task.output_root}")
+        started = time.perf_counter()
+        objects = task.objects
+        state = _ShardState(num_images=len(objects))
+        cancel = threading.Event()
+        pending: deque[Future] = deque()
+        next_row = 0
+
+        def refill() -> None:
+            nonlocal next_row
+            while len(pending) < self.config.window and next_row < len(objects):
+                pending.append(self._start(next_row, objects[next_row], cancel))
+                next_row += 1
+
+        batch_rows: list[int] = []
+        batch_images: list[torch.Tensor] = []
+        try:
+            refill()
+            while pending:
+                waited = time.perf_counter()
+                loaded: _Loaded = pending.popleft().result()
+                state.wait_s += time.perf_counter() - waited
+                refill()  # keep the window full while the model runs
+                self._record(state, objects[loaded.row], loaded)
+                if loaded.image is not None:
+                    batch_rows.append(loaded.row)
+                    batch_images.append(torch.from_numpy(loaded.image).permute(2, 0, 1))
+                    loaded.image = None
+                    if len(batch_rows) == self.config.batch_size:
+                        self._detect(state, batch_rows, batch_images)
+                        batch_rows, batch_images = [], []
+            if batch_rows:
+                self._detect(state, batch_rows, batch_images)
+        except BaseException:
+            cancel.set()  # queued fetches and decodes of this shard turn into no-ops
+            for future in pending:
+                future.cancel()
+            raise
+
+        files, bytes_written, write_s = self._write(task, state, objects)
+        seconds = time.perf_counter() - started
+        num_errors = state.status.count(STATUS_ERROR)
+        result = ShardResult(
+            run_id=task.run_id,
+            shard_id=task.shard_id,
+            attempt=task.attempt,
+            attempt_token=task.attempt_token,
+            files=files,
+            num_images=len(objects),
+            num_ok=len(objects) - num_errors,
+            num_errors=num_errors,
+            num_detections=len(state.detections),
+            bytes_read=state.bytes_read,
+            seconds=seconds,
+            detect_seconds=state.detect_s,
+            fetch_seconds=state.fetch_s,
+            decode_seconds=state.decode_s,
+            wait_seconds=state.wait_s,
+            write_seconds=write_s,
+            num_batches=state.num_batches,
+            bytes_written=bytes_written,
+        )
+        logger.info(
+            "shard %d (attempt %d): %d images, %d errors, %d detections in %.2fs "
+            "(%.1f images/s; detect %.2fs, waited %.2fs, write %.2fs)",
+            task.shard_id,
+            task.attempt,
+            result.num_images,
+            result.num_errors,
+            result.num_detections,
+            seconds,
+            result.num_images / seconds if seconds > 0 else 0.0,
+            state.detect_s,
+            state.wait_s,
+            write_s,
+        )
+        return result
+
+    def close(self) -> None:
+        """Stop the thread pools and drop the model. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fetch_pool.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        device = self.detector.device
+        self.detector = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> ShardProcessor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- stages
+    def _storage(self, uri: str) -> LocalStorage | S3Storage:
+        return self._s3 if is_s3(uri) else self._local
+
+    def _start(self, row: int, obj: Any, cancel: threading.Event) -> Future:
+        """Schedule fetch then decode of one object; the future gives its :class:`_Loaded`."""
+        out: Future = Future()
+        fetched = self._fetch_pool.submit(self._fetch, row, obj, cancel)
+
+        def on_fetched(future: Future) -> None:
+            if future.cancelled():
+                out.cancel()
+                return
+            exc = future.exception()
+            if exc is not None:
+                _settle(out, exception=exc)
+                return
+            loaded: _Loaded = future.result()
+            if loaded.data is None:  # failed or cancelled: nothing to decode
+                _settle(out, loaded)
+                return
+            try:
+                self._decode_pool.submit(self._decode, loaded, out, cancel)
+            except RuntimeError as err:  # the pool was shut down
+                _settle(out, exception=err)
+
+        fetched.add_done_callback(on_fetched)
+        return out
+
+    def _fetch(self, row: int, obj: Any, cancel: threading.Event) -> _Loaded:
+        uri: str = obj.uri
+        size: int | None = getattr(obj, "size", None)
+        loaded = _Loaded(row=row, size=size, etag=getattr(obj, "etag", None))
+        if cancel.is_set():
+            loaded.error = "fetch: cancelled"
+            return loaded
+        limit = self.config.max_image_bytes
+        if size is not None and size > limit:  # known from the listing: skip the download
+            loaded.error = _too_large(size, limit)
+            return loaded
+        started = time.perf_counter()
+        storage = self._storage(uri)
+        try:
+            if loaded.etag is None and storage is self._local:
+                info = storage.info(uri)
+                loaded.etag, loaded.size = info.etag, info.size
+            data = storage.read_bytes(uri, max_bytes=limit)
+        except (FileNotFoundError, NotADirectoryError):
+            loaded.error = ERROR_NOT_FOUND
+            loaded.size, loaded.etag = size, getattr(obj, "etag", None)
+        except ObjectTooLargeError as exc:
+            loaded.size = exc.size
+            loaded.error = _too_large(exc.size, exc.limit)
+        except Exception as exc:
+            loaded.error = f"fetch: {_fetch_reason(exc, uri)}"
+            loaded.size, loaded.etag = size, getattr(obj, "etag", None)
+        else:
+            loaded.data = data
+            loaded.size = loaded.nbytes = len(data)
+        loaded.fetch_s = time.perf_counter() - started
+        return loaded
+
+    def _decode(self, loaded: _Loaded, out: Future, cancel: threading.Event) -> None:
+        if out.cancelled():
+            return
+        try:
+            data, loaded.data = loaded.data, None
+            if cancel.is_set():
+                loaded.error = "decode: cancelled"
+            elif len(data) > self.config.max_image_bytes:
+                loaded.error = _too_large(len(data), self.config.max_image_bytes)
+            else:
+                started = time.perf_counter()
+                try:
+                    loaded.image = decode_image(
+                        data,
+                        max_pixels=self.config.max_image_pixels,
+                        max_bytes=self.config.max_image_bytes,
+                    )
+                except ImageDecodeError as exc:
+                    loaded.error = str(exc)
+                except Exception as exc:  # a decoder bug must cost one image, not the shard
+                    loaded.error = f"decode: {type(exc).__name__}: {_shorten(str(exc))}"
+                loaded.decode_s = time.perf_counter() - started
+        except BaseException as exc:
+            _settle(out, exception=exc)
+            return
+        _settle(out, loaded)
+
+    def _record(self, state: _ShardState, obj: Any, loaded: _Loaded) -> None:
+        state.fetch_s += loaded.fetch_s
+        state.decode_s += loaded.decode_s
+        state.bytes_read += loaded.nbytes
+        state.etag.append(loaded.etag)
+        state.size.append(loaded.size)
+        if loaded.image is not None:
+            height, width = loaded.image.shape[:2]
+            state.status.append(STATUS_OK)
+            state.error.append(None)
+            state.width.append(int(width))
+            state.height.append(int(height))
+        else:
+            state.status.append(STATUS_ERROR)
+            state.error.append(loaded.error or "fetch: unknown failure")
+            state.width.append(None)
+            state.height.append(None)
+            if loaded.error:
+                logger.debug("%s: %s", obj.uri, loaded.error)
+
+    def _detect(self, state: _ShardState, rows: list[int], images: list[torch.Tensor]) -> None:
+        started = time.perf_counter()
+        detections = self.detector.detect_batch(images).to("cpu")
+        index = detections.image_index.numpy()
+        state.detections.add(
+            np.asarray(rows, dtype=np.int64)[index],
+            detections.boxes.to(torch.float32).numpy(),
+            detections.scores.to(torch.float32).numpy(),
+            detections.class_ids.numpy(),
+        )
+        state.detect_s += time.perf_counter() - started
+        state.num_batches += 1
+
+    def _write(
+        self, task: ShardTask, state: _ShardState, objects: tuple
+    ) -> tuple[dict[str, str], int, float]:
+        started = time.perf_counter()
+        uris = pa.array([obj.uri for obj in objects], type=pa.string())
+        tables = {
+            DETECTIONS_TABLE: state.detections.table(uris, self._class_names, task.run_id),
+            IMAGES_TABLE: images_table(
+                image_uris=uris,
+                status=state.status,
+                error=state.error,
+                width=state.width,
+                height=state.height,
+                num_detections=state.detections.counts(len(objects)),
+                etag=state.etag,
+                size_bytes=state.size,
+                run_id=task.run_id,
+                shard_id=task.shard_id,
+            ),
+        }
+        layout = OutputLayout(task.output_root)
+        storage = self._storage(task.output_root)
+        files: dict[str, str] = {}
+        written = 0
+        for name, table in tables.items():
+            uri = layout.data_file(name, task.run_id, task.shard_id, task.attempt_token)
+            written += write_parquet(storage, uri, table)
+            files[name] = uri
+        return files, written, time.perf_counter() - started
+
+
+@ray.remote
+class DetectorActor:
+    """A Ray actor holding one model; shards are processed one at a time, in arrival order.
+
+    ``weights`` are the model file's bytes (pass the ``ObjectRef`` of ``ray.put(weights)``:
+    Ray resolves it, so every actor reads them from the object store, not from disk).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: bytes,
+        config: ActorConfig,
+        s3_options: S3Options | None = None,
+    ) -> None:
+        self._processor = ShardProcessor(spec, weights, config, s3_options)
+
+    def ready(self) -> dict[str, Any]:
+        """Who and where this actor is, once its model is loaded."""
+        processor = self._processor
+        return {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": str(processor.detector.device),
+            "model": processor.spec.name,
+            "weights_sha256": processor.spec.weights_sha256,
+            "cpus": processor.cpus,
+            "torch_threads": processor.torch_threads,
+        }
+
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        return self._processor.process(task)
+
+    def close(self) -> None:
+        self._processor.close()
+
+
+def _settle(
+    future: Future, result: _Loaded | None = None, *, exception: BaseException | None = None
+) -> None:
+    """Complete ``future`` unless it was cancelled meanwhile (the shard gave up on it)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"too large: {size} bytes, over the limit of {limit}"
+
+
+def _fetch_reason(exc: BaseException, uri: str) -> str:
+    """A short, credential-free reason for a failed read (without the ``fetch: `` prefix)."""
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, StorageError):
+        text = str(exc)
+        for pattern in (f"{uri}: ", f" to {uri}", f" of {uri}", uri):
+            text = text.replace(pattern, "")
+        return _shorten(text.split("; ")[0]) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return _shorten(exc.strerror.lower())
+    text = str(exc).replace(uri, "")
+    return f"{type(exc).__name__}: {_shorten(text)}" if text.strip() else type(exc).__name__
+
+
+def _shorten(text: str) -> str:
+    text = _ACCESS_KEY_RE.sub("<key>", " ".join(text.split()))
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
