@@ -33,6 +33,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from pipeline import faults
 from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
 from pipeline.model_spec import ModelSpec
 from pipeline.s3 import S3Options
@@ -233,6 +234,7 @@ class ShardProcessor:
         """Detect on every object of the shard and write its two Parquet files."""
         if self._closed:
             raise RuntimeError("this ShardProcessor is closed")
+        faults.before_shard(task.shard_id)
         if not is_s3(task.output_root) and not os.path.isabs(task.output_root):
             raise ValueError(f"output root must be s3:// or an absolute path: {task.output_root}")
         started = time.perf_counter()

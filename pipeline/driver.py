@@ -26,6 +26,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ import ray.exceptions
 from pipeline.actor import ActorConfig, DetectorActor, ShardResult, ShardTask
 from pipeline.config import RunConfig
 from pipeline.errors import RunError
+from pipeline.faults import FAULTS_ENV
 from pipeline.layout import OutputLayout
 from pipeline.ledger import (
     RUN_FAILED_SHARDS,
@@ -102,11 +104,17 @@ class _Slot:
 def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> RunOutcome:
     """Run (or resume) a detection job as ``config`` describes; see the module docstring."""
     config.validate()
-    source_uri, output_uri = normalize(config.source), normalize(config.output)
+    source_uri = (
+        config.source if config.source.startswith("manifest:") else normalize(config.source)
+    )
+    output_uri = normalize(config.output)
     storage = storage_for(output_uri, config.s3)
     layout = OutputLayout(output_uri)
     ledger = Ledger(storage, layout)
-    source = open_source(source_uri, config.s3)
+    try:
+        source = open_source(source_uri, config.s3)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"cannot use the source {source_uri}: {exc}") from None
     _preflight(source, source_uri, output_uri, storage)
 
     spec, weights = resolve_model(
@@ -185,7 +193,7 @@ def _preflight(source, source_uri: str, output_uri: str, storage) -> None:
             close()
     except FileNotFoundError as exc:
         raise RunError(f"cannot read the source {source_uri}: {exc}; check the path") from None
-    except StorageError as exc:
+    except (StorageError, ValueError) as exc:
         raise RunError(f"cannot read the source {source_uri}: {exc}") from None
     probe = join(output_uri, PREFLIGHT_NAME)
     try:
@@ -312,7 +320,10 @@ class _Dispatcher:
                 if self.config.gpus_per_actor > 0
                 else max(1, ray.cluster_resources().get("CPU", 1) // self._num_actors())
             )
-        return {"num_cpus": cpus, "num_gpus": self.config.gpus_per_actor, "max_restarts": 0}
+        options = {"num_cpus": cpus, "num_gpus": self.config.gpus_per_actor, "max_restarts": 0}
+        if os.environ.get(FAULTS_ENV):
+            options["runtime_env"] = {"env_vars": {FAULTS_ENV: os.environ[FAULTS_ENV]}}
+        return options
 
     def _actor_config(self) -> ActorConfig:
         kwargs = dict(
@@ -422,7 +433,7 @@ class _Dispatcher:
             self._retry(shard, f"actor died: {_short(exc)}", queue)
             return
         except ray.exceptions.RayTaskError as exc:
-            self._retry(shard, _short(exc), queue)
+            self._retry(shard, _short(getattr(exc, "cause", None) or exc), queue)
             return
         try:
             self.ledger.commit(self.run_id, shard.shard_id, result.attempt_token, _counts(result))
@@ -503,8 +514,12 @@ def _preempted(exc: BaseException) -> bool:
     return bool(getattr(exc, "preempted", False))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    """One line naming the exception type and message, without colour codes."""
+    text = _ANSI.sub("", " ".join(f"{type(exc).__name__}: {exc}".split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

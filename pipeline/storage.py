@@ -95,7 +95,7 @@ class LocalStorage:
             os.unlink(uri)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Files under the folder ``prefix``, recursively, in sorted path order."""
+        """Files under the folder ``prefix``, depth first, each folder's entries sorted by name."""
         yield from _walk_sorted(prefix)
 
     def list_folders(self, prefix: str) -> list[str]:
@@ -223,6 +223,10 @@ def _translated(uri: str):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            raise StorageError(
+                f"bucket of {uri} does not exist; create it or fix the URI"
+            ) from None
         if code in _MISSING_CODES or status == 404:
             raise FileNotFoundError(2, "not found", uri) from None
         if code in _PRECONDITION_CODES or status == 412:
@@ -230,10 +234,6 @@ def _translated(uri: str):
         if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
             raise StorageError(
                 f"access denied to {uri} ({code}); check the credentials and the bucket policy"
-            ) from None
-        if code == "NoSuchBucket":
-            raise StorageError(
-                f"bucket of {uri} does not exist; create it or fix the URI"
             ) from None
         raise StorageError(f"{uri}: {code or status}: {error.get('Message', exc)}") from None
     except BotoCoreError as exc:

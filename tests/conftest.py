@@ -17,6 +17,8 @@ import pytest
 from yolov4.hub import CACHE_ENV_VAR, WheelSource, fetch
 from yolov4.pretrained import Pretrained, fetch_sample_images
 
+pytest_plugins = ["tests.conftest_s3"]
+
 # Read at import time, before any test's monkeypatch can change the environment.
 _SESSION_CACHE = os.environ.get(CACHE_ENV_VAR) or None
 

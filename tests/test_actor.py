@@ -32,7 +32,6 @@ try:
 except ImportError:  # pragma: no cover - the sources module is optional for these tests
     from pipeline.storage import ObjectInfo as SourceObject
 
-pytest_plugins = ("tests.conftest_s3",)
 
 RUN_ID = "run-test"
 SHARD_ID = 7
