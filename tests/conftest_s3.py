@@ -1,6 +1,6 @@
 """Pytest fixtures for a real S3-compatible server (SeaweedFS) on 127.0.0.1.
 
-- ``s3_server`` (session): the running :class:`~tests.s3_server.SeaweedS3Server`, with
+- ``s3_server`` (session): the running :class:`~infra.local.object_store.SeaweedS3Server`, with
   ``endpoint_url``, ``access_key``, ``secret_key``, ``region`` and ``client()``.
 - ``s3_env`` (function): the standard AWS environment variables pointing at that server, so code
   under test that builds its own clients (``pipeline.s3.make_client``) reaches it.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.s3_server import S3ServerError, SeaweedS3Server, find_weed_binary
+from infra.local.object_store import S3ServerError, SeaweedS3Server, find_weed_binary
 
 TEST_REGION = "us-east-1"
 BUCKET_PREFIX = "yolo-batch-test-"
