@@ -18,6 +18,9 @@ from pipeline.uris import normalize
 from yolov4.detector import Detector
 from yolov4.pretrained import get_pretrained
 
+#: The model used when none is named: small enough for CPUs, the default of the demo.
+DEFAULT_MODEL = "yolov4-tiny"
+
 
 @dataclass(frozen=True)
 class DetectorOptions:
@@ -87,7 +90,7 @@ def resolve_model(
 ) -> tuple[ModelSpec, bytes]:
     """Resolve the model the user asked for; returns the spec and the weights' bytes.
 
-    ``model``: a pretrained name (default ``yolov4-tiny``); or ``cfg`` + ``weights`` (+
+    ``model``: a pretrained name (default :data:`DEFAULT_MODEL`); or ``cfg`` + ``weights`` (+
     ``names``), each a local path or ``s3://`` URI. The detector is built once here to check
     that cfg, weights and names fit together before any actor starts.
     """
@@ -113,7 +116,7 @@ def resolve_model(
             options=options,
         )
     else:
-        entry = get_pretrained(model or "yolov4-tiny")
+        entry = get_pretrained(model or DEFAULT_MODEL)
         weights_bytes = entry.fetch_weights().read_bytes()
         spec = ModelSpec(
             name=entry.name,

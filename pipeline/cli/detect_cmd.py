@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli.model_options import add_model_arguments, detector_options
+from pipeline.model_spec import DEFAULT_MODEL
 from yolov4.detector import Detection, Detector
 from yolov4.draw import save_annotated
 from yolov4.errors import ImageDecodeError, YoloError
 from yolov4.imageio import read_image
-from yolov4.preprocess import RESIZE_MODES
-from yolov4.pretrained import fetch_sample_images, pretrained_names
+from yolov4.pretrained import fetch_sample_images
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 1
-DEFAULT_MODEL = "yolov4-tiny"
 ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -37,27 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--samples", action="store_true", help="also detect on the two bundled sample photos"
     )
-    model = parser.add_argument_group("model (a pretrained name, or a darknet cfg + weights)")
-    model.add_argument(
-        "--model",
-        default=None,
-        help=f"pretrained model: {', '.join(pretrained_names())} (default {DEFAULT_MODEL})",
-    )
-    model.add_argument("--cfg", type=Path, help="darknet .cfg of a custom model")
-    model.add_argument("--weights", type=Path, help="darknet .weights matching --cfg")
-    model.add_argument("--names", type=Path, help="class names file, one per line")
-    options = parser.add_argument_group("inference")
-    options.add_argument("--size", type=int, help="network input size (multiple of 32)")
-    options.add_argument("--conf", type=float, default=0.25, help="score threshold (0.25)")
-    options.add_argument("--iou", type=float, default=0.45, help="NMS overlap threshold (0.45)")
-    options.add_argument("--nms", choices=("diou", "iou"), help="NMS overlap (model default)")
-    options.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (model default)")
-    options.add_argument("--classes", help="comma-separated class names or ids to keep")
-    options.add_argument("--max-det", type=int, default=300, help="detections per image (300)")
+    add_model_arguments(parser, remote_files=False)
+    options = parser.add_argument_group("device")
     options.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
-    options.add_argument(
-        "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="(fp32)"
-    )
     options.add_argument("--batch-size", type=int, default=8, help="images per forward (8)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, help="write annotated copies into this directory")
@@ -66,17 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_detector(args: argparse.Namespace) -> Detector:
-    """The detector the options describe."""
+    """The detector the options describe (local files only)."""
     options = dict(
-        device=args.device,
-        precision=args.precision,
-        resize=args.resize,
-        input_size=args.size,
-        conf_threshold=args.conf,
-        nms_threshold=args.iou,
-        nms_kind=args.nms,
-        max_detections=args.max_det,
-        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        device=args.device, precision=args.precision, **detector_options(args).as_kwargs()
     )
     if args.cfg or args.weights:
         if not (args.cfg and args.weights):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli.model_options import add_model_arguments, detector_options
 from pipeline.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
@@ -12,11 +13,8 @@ from pipeline.config import (
     ModelChoice,
     RunConfig,
 )
-from pipeline.model_spec import DetectorOptions
 from pipeline.plan import DEFAULT_SHARD_SIZE
 from pipeline.s3 import S3Options
-from yolov4.preprocess import RESIZE_MODES
-from yolov4.pretrained import pretrained_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,19 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     io.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     io.add_argument("--region", help="S3 region (else the AWS configuration)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help=f"pretrained: {', '.join(pretrained_names())}")
-    model.add_argument("--cfg", help="darknet .cfg (path or s3://) of a custom model")
-    model.add_argument("--weights", help="darknet .weights (path or s3://) matching --cfg")
-    model.add_argument("--names", help="class names file (path or s3://)")
-    model.add_argument("--size", type=int, help="network input size (multiple of 32)")
-    model.add_argument("--conf", type=float, default=0.25, help="score threshold (0.25)")
-    model.add_argument("--iou", type=float, default=0.45, help="NMS threshold (0.45)")
-    model.add_argument("--nms", choices=("diou", "iou"), help="NMS overlap (model default)")
-    model.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (model default)")
-    model.add_argument("--classes", help="comma-separated class names or ids to keep")
-    model.add_argument("--max-det", type=int, default=300, help="detections per image (300)")
-    model.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    add_model_arguments(parser)
     res = parser.add_argument_group("resources")
     res.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     res.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images/shard")
@@ -73,23 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    classes = (
-        tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
-    )
     resume_id = None if args.resume in (None, "latest") else args.resume
     return RunConfig(
         source=args.source,
         output=args.output,
         model=ModelChoice(args.model, args.cfg, args.weights, args.names),
-        detector=DetectorOptions(
-            input_size=args.size,
-            conf_threshold=args.conf,
-            nms_threshold=args.iou,
-            nms_kind=args.nms,
-            resize=args.resize,
-            max_detections=args.max_det,
-            classes=classes,
-        ),
+        detector=detector_options(args),
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         num_actors=args.actors,
