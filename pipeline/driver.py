@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import re
@@ -149,6 +150,9 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
                 on_shard=on_shard,
             )
         record.num_shards, record.num_images = plan.num_shards, plan.num_images
+        if plan.num_images == 0:
+            logger.warning("the source %s holds no images; check the URI", source_uri)
+            record.message = f"the source {source_uri} holds no images; check the URI"
         progress.shards_total, progress.images_total = plan.num_shards, plan.num_images
         ledger.write_run(record)
         dispatcher = _Dispatcher(config, spec, weights, plan, ledger, progress, reporter)
@@ -171,7 +175,7 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
         if progress.shards_failed
         else None
     )
-    _finish(record, progress, ledger, status, message)
+    _finish(record, progress, ledger, status, message or record.message)
     reporter.close()
     code = EXIT_FAILED_SHARDS if progress.shards_failed else EXIT_OK
     return RunOutcome(record.run_id, code, progress, processed)
@@ -224,13 +228,20 @@ def _open_run(
     run_id = config.run_id or ledger.latest_run_id()
     if run_id is None:
         raise RunError(f"nothing to resume: no runs under {output_uri}")
-    record = ledger.read_run(run_id)
-    if record.model != fingerprint:
+    try:
+        record = ledger.read_run(run_id)
+    except FileNotFoundError:
         raise RunError(
-            f"run {run_id} used model {record.model.get('model')} with settings "
-            f"{record.model.get('options')}; this invocation differs ({fingerprint['model']}, "
-            f"{fingerprint['options']}). Resume with the same model and thresholds, or start "
-            "a new run without --resume"
+            f"no run {run_id} under {output_uri}; `yolo-batch status {output_uri}` shows the "
+            "latest run, or resume without a run id"
+        ) from None
+    # The stored fingerprint went through JSON (tuples became lists, e.g. --classes): compare
+    # like with like, or a run with a class filter could never be resumed.
+    changes = _fingerprint_changes(record.model, json.loads(json.dumps(fingerprint)))
+    if changes:
+        raise RunError(
+            f"run {run_id} cannot be resumed with different settings ({'; '.join(changes)}); "
+            "resume with the run's model and thresholds, or start a new run without --resume"
         )
     if record.source != source_uri:
         raise RunError(
@@ -240,8 +251,20 @@ def _open_run(
     record.resumed += 1
     record.started_at = time.time()
     record.finished_at = None
+    record.message = None
     ledger.write_run(record)
     return record
+
+
+def _fingerprint_changes(before: dict, now: dict) -> list[str]:
+    """``"name: old -> new"`` for every model setting that differs."""
+    flat_before = {**{k: v for k, v in before.items() if k != "options"}, **before["options"]}
+    flat_now = {**{k: v for k, v in now.items() if k != "options"}, **now["options"]}
+    return [
+        f"{key}: {flat_before.get(key)!r} -> {flat_now.get(key)!r}"
+        for key in sorted(set(flat_before) | set(flat_now))
+        if flat_before.get(key) != flat_now.get(key)
+    ]
 
 
 def _config_record(config: RunConfig) -> dict:

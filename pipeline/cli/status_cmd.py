@@ -13,6 +13,9 @@ from pipeline.storage import storage_for
 from pipeline.uris import normalize
 from yolov4.errors import YoloError
 
+#: A running run whose status file is older than this is reported as possibly dead.
+STALE_AFTER_S = 120.0
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -73,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"speed      {live['images_per_second']:.2f} images/s")
     for shard_id, reason in status["failed_shards"].items():
         print(f"failed     shard {shard_id}: {reason}")
+    quiet_for = time.time() - live.get("updated_at", time.time())
+    if status["status"] == "running" and quiet_for > STALE_AFTER_S:
+        print(
+            f"warning    no progress for {quiet_for:.0f} s: the driver may have stopped; "
+            f"continue with yolo-batch run ... --resume {status['run_id']}"
+        )
     if status.get("message"):
         print(f"note       {status['message']}")
     return 0
