@@ -16,6 +16,7 @@ orientation, clipped to it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -28,9 +29,10 @@ from yolov4.config import DEFAULT_CONFIGS, ModelConfig, check_input_size
 from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg, read_names
 from yolov4.darknet_weights import load_darknet_weights
 from yolov4.decode import RawPredictions, decode_outputs
-from yolov4.errors import YoloError
+from yolov4.errors import WeightsIntegrityError, YoloError
 from yolov4.hub import fetch
 from yolov4.imageio import DEFAULT_MAX_IMAGE_PIXELS, load_images
+from yolov4.layers import DarknetConv, Mish
 from yolov4.model import build_model
 from yolov4.postprocess import (
     DEFAULT_CONF_THRESHOLD,
@@ -80,7 +82,12 @@ class Detector:
         nms_kind: ``"diou"`` or ``"iou"``; defaults to the cfg's rule.
         max_detections: per image, highest scores first.
         classes: optional class ids or names to keep; others are dropped before NMS.
-        fuse: fold batch norm into the convolutions (same outputs, faster).
+        fuse: fold batch norm into the convolutions (same outputs, faster). Either way the
+            model is for inference only from then on: its activations run in place.
+        channels_last: run the model in channels-last (NHWC) memory format. ``None`` (default):
+            on for CPU, where oneDNN's NHWC convolution and pooling kernels are faster (about
+            1.3x for YOLOv4-tiny at batch 8), off elsewhere. Outputs equal up to float
+            rounding (~1e-5: a different summation order).
         name: a label for logs and result records.
     """
 
@@ -99,6 +106,7 @@ class Detector:
         max_detections: int = DEFAULT_MAX_DETECTIONS,
         classes: Sequence[int | str] | None = None,
         fuse: bool = True,
+        channels_last: bool | None = None,
         name: str | None = None,
     ) -> None:
         config: ModelConfig = model.config
@@ -111,8 +119,8 @@ class Detector:
                 f"{self.device.type}"
             )
         if input_size is not None:
-            config = config.with_input_size(input_size)
-            try:
+            try:  # with_input_size re-validates the config: ValueError for a bad size
+                config = config.with_input_size(input_size)
                 check_input_size(config.input_size)
             except ValueError as exc:
                 raise YoloError(str(exc)) from None
@@ -145,7 +153,12 @@ class Detector:
         model = model.eval()
         if fuse:
             model.fuse()
-        self.model = model.to(self.device)
+        _inplace_activations(model)
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.channels_last = bool(channels_last)
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self._memory_format)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -174,20 +187,36 @@ class Detector:
         model_name = f"{config.arch} ({config.num_classes} classes)"
         load_darknet_weights(convs, weights, model_name=model_name)
         kwargs.setdefault("name", Path(str(cfg)).stem if not str(cfg).count("\n") else None)
-        return cls(model, class_names=class_names or None, **kwargs)
+        kwargs.setdefault("class_names", class_names or None)
+        return cls(model, **kwargs)
 
     @classmethod
     def from_pretrained(
-        cls, model: str | PretrainedModel, *, cache: str | os.PathLike | None = None, **kwargs
+        cls,
+        model: str | PretrainedModel,
+        *,
+        cache: str | os.PathLike | None = None,
+        weights: bytes | None = None,
+        **kwargs,
     ) -> Detector:
         """Build from a registered pretrained model (``"yolov4"``, ``"yolov4-tiny"``, or a
         :class:`~yolov4.pretrained.PretrainedModel`).
 
         Fetches the weights into the cache (``cache``, else ``$YOLO_BATCH_CACHE``, else
         ``~/.cache/yolo-batch``) on first use and verifies their sha256 every time.
+        ``weights``: the file's bytes when the caller already holds them (e.g. shipped to a
+        worker); they are verified against the registry's sha256 too.
         """
         entry = get_pretrained(model) if isinstance(model, str) else model
-        weights = fetch(entry.weights, cache=cache)
+        if weights is None:
+            weights = fetch(entry.weights, cache=cache)
+        else:
+            digest = hashlib.sha256(weights).hexdigest()
+            if digest != entry.weights.sha256:
+                raise WeightsIntegrityError(
+                    f"the weights given for {entry.name} have sha256 {digest}, expected "
+                    f"{entry.weights.sha256}; they are not the registered file"
+                )
         base = DEFAULT_CONFIGS[entry.arch]
         config = ModelConfig(
             arch=base.arch,
@@ -203,7 +232,8 @@ class Detector:
         model = build_model(config)
         load_darknet_weights(model.darknet_convs(), weights, model_name=entry.name)
         kwargs.setdefault("name", entry.name)
-        return cls(model, class_names=entry.class_names, **kwargs)
+        kwargs.setdefault("class_names", entry.class_names)
+        return cls(model, **kwargs)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -217,14 +247,16 @@ class Detector:
 
     # ----------------------------------------------------------------- inference
     def forward_raw(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        """The model's raw head tensors for a prepared ``[B, 3, h, w]`` float batch in [0, 1]."""
-        with torch.inference_mode(), self._autocast():
-            return [o.float() for o in self.model(batch.to(self.device))]
+        """The model's raw head tensors for a prepared ``[B, 3, h, w]`` float batch in [0, 1].
+
+        Returned contiguous (NCHW) whatever the model's memory format.
+        """
+        return [o.contiguous() for o in self._forward(batch)]
 
     def predict_raw(self, batch: torch.Tensor) -> RawPredictions:
         """Decoded rows (before thresholds and NMS) for a prepared batch."""
         with torch.inference_mode():
-            return decode_outputs(self.forward_raw(batch), self.config)
+            return decode_outputs(self._forward(batch), self.config)
 
     def detect_batch(self, images: Sequence[torch.Tensor]) -> Detections:
         """Detect on decoded images; everything stays on the device.
@@ -234,7 +266,7 @@ class Detector:
         """
         with torch.inference_mode():
             batch, transforms = prepare_batch(images, self.input_size, self.resize, self.device)
-            predictions = decode_outputs(self.forward_raw(batch), self.config)
+            predictions = decode_outputs(self._forward(batch), self.config)
             return postprocess(
                 predictions,
                 transforms,
@@ -257,7 +289,15 @@ class Detector:
 
         Returns one list of :class:`Detection` per input, highest score first. An image that
         cannot be read raises (``FileNotFoundError``, :class:`~yolov4.errors.ImageDecodeError`).
+        A single image (not in a list) raises ``TypeError``.
         """
+        single = isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike))
+        if single or getattr(images, "ndim", 4) < 4 or not hasattr(images, "__getitem__"):
+            # A bare path/bytes/array would otherwise be iterated as characters/bytes/rows.
+            raise TypeError(
+                f"detect takes a list of images, not one {type(images).__name__}; "
+                "wrap a single image in a list: detect([image])"
+            )
         results: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             arrays = load_images(images[start : start + batch_size], max_pixels=max_pixels)
@@ -275,6 +315,12 @@ class Detector:
         return results
 
     # ----------------------------------------------------------------- helpers
+    def _forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Head outputs in the model's memory format (decode reads NHWC directly)."""
+        with torch.inference_mode(), self._autocast():
+            batch = batch.to(self.device, memory_format=self._memory_format)
+            return [o.float() for o in self.model(batch)]
+
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -300,3 +346,18 @@ class Detector:
                     )
                 mask[class_id] = True
         return mask.to(self.device)
+
+
+def _inplace_activations(model: torch.nn.Module) -> None:
+    """Make each conv layer's activation overwrite its input instead of allocating a new map.
+
+    Safe for inference: an activation's input is the fresh output of its own convolution (or
+    batch norm), read by nothing else. Same kernels, same values; on CPU it saves one
+    allocation, and the page faults of first touching it, per layer (a few percent).
+    """
+    for layer in model.modules():
+        if isinstance(layer, DarknetConv):
+            if isinstance(layer.act, torch.nn.LeakyReLU):
+                layer.act.inplace = True
+            elif isinstance(layer.act, Mish):
+                layer.act = torch.nn.Mish(inplace=True)
