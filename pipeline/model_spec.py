@@ -16,6 +16,7 @@ from pipeline.s3 import S3Options
 from pipeline.storage import storage_for
 from pipeline.uris import normalize
 from yolov4.detector import Detector
+from yolov4.errors import WeightsIntegrityError
 from yolov4.pretrained import get_pretrained
 
 #: The model used when none is named: small enough for CPUs, the default of the demo.
@@ -66,7 +67,15 @@ class ModelSpec:
         }
 
     def build_detector(self, weights: bytes, *, device: str = "cpu", precision: str = "fp32"):
-        """The detector for this spec (on an actor), from the weights' bytes."""
+        """The detector for this spec (on an actor), from the weights' bytes.
+
+        The bytes must hash to :attr:`weights_sha256`: an actor never runs other weights.
+        """
+        digest = hashlib.sha256(weights).hexdigest()
+        if digest != self.weights_sha256:
+            raise WeightsIntegrityError(
+                f"weights for {self.name} hash to {digest}, not {self.weights_sha256}"
+            )
         common = dict(device=device, precision=precision, **self.options.as_kwargs())
         if self.pretrained:
             return Detector.from_pretrained(self.pretrained, weights=weights, **common)
