@@ -7,13 +7,13 @@
       _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
       _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
       _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order
-      _runs/RUN_ID/commits/shard-000012.json    commit marker: lists shard 12's data files
+      _runs/RUN_ID/commits/shard-000012.TOKEN.json  commit marker: names shard 12's attempt
       _runs/RUN_ID/failed/shard-000012.json     shard 12 ran out of attempts (cleared on commit)
       detections/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
       images/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
 
 Data files are named by shard and attempt token and become visible to readers only through
-the commit marker that lists them, so a retried shard's stray files never show up twice.
+the commit marker that names that token, so a retried shard's stray files never show up twice.
 """
 
 from __future__ import annotations
@@ -64,9 +64,6 @@ class OutputLayout:
 
     def commits_dir(self, run_id: str) -> str:
         return join(self.run_dir(run_id), "commits")
-
-    def commit_marker(self, run_id: str, shard_id: int) -> str:
-        return join(self.commits_dir(run_id), f"{shard_name(shard_id)}.json")
 
     def failed_dir(self, run_id: str) -> str:
         return join(self.run_dir(run_id), "failed")
