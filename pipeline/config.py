@@ -57,6 +57,10 @@ class RunConfig:
             (self.fetch_threads >= 1, "fetch_threads must be at least 1"),
             (self.max_attempts >= 1, "max_attempts must be at least 1"),
             (self.shards_per_actor >= 1, "shards_per_actor must be at least 1"),
+            (
+                self.precision == "fp32" or self.gpus_per_actor > 0,
+                f"precision {self.precision} runs on GPUs only: add --gpus-per-actor, or use fp32",
+            ),
         ]
         for ok, message in checks:
             if not ok:
