@@ -84,6 +84,7 @@ DARKNET_BFLOPS = {"yolov4-tiny": (6.9, 416), "yolov4": (128.5, 608)}
 #: fp32 FLOPs per cycle per core: 2 FMA pipes x 8 lanes (256 bit) x 2.
 FLOPS_PER_CYCLE = 32
 CONF_THRESHOLD = 0.25
+NMS_THRESHOLD = 0.45
 #: glibc malloc settings that keep freed activation buffers in the process (``--malloc-env``):
 #: by default large blocks go back to the OS and every forward page-faults them in again.
 MALLOC_ENV = {
@@ -93,7 +94,6 @@ MALLOC_ENV = {
 }
 #: Environment variables that change CPU performance, recorded in the JSON.
 PERF_ENV_PREFIXES = ("MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "DNNL_", "ONEDNN_", "LD_PRELOAD")
-NMS_THRESHOLD = 0.45
 
 PROJECT_DETECT = "project detect_batch"
 PROJECT_FORWARD = "project forward"
@@ -147,7 +147,7 @@ def loadavg() -> list[float]:
         return []
 
 
-def measured_conv_gflops(threads: int) -> float:
+def measured_conv_gflops() -> float:
     """Best rate of one 256->256 3x3 convolution, batch 8 at 52x52, channels-last (oneDNN)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
@@ -549,6 +549,8 @@ def run_section(
     detector_kwargs = {}
     if args.channels_last != "auto":
         detector_kwargs["channels_last"] = args.channels_last == "on"
+    if args.micro_batch is not None:
+        detector_kwargs["micro_batch"] = args.micro_batch
     detector = Detector.from_darknet(cfg, weights, NAMES, **detector_kwargs)
     net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -607,7 +609,7 @@ def run_section(
             **summarize(contenders, flop, peak, measured, args.busy_threshold),
         }
         if breakdown and batch == plan[-1][0]:
-            result["breakdown"] = stage_breakdown(detector, tensors, repeats=3)
+            result["breakdown"] = stage_breakdown(detector, tensors, repeats=5)
         result["elapsed_s"] = time.perf_counter() - section_start
         results.append(result)
         print_section(result)
@@ -691,6 +693,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the Detector's channels_last option (auto: the library default)",
     )
     parser.add_argument(
+        "--micro-batch",
+        type=int,
+        help="the Detector's micro_batch option, images per model call (default: the library's)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="also time the model under torch.compile (needs a C++ compiler; slow first call)",
@@ -721,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(args.threads)
     cores = min(args.threads, cpu["physical_cores"])
     peak = args.peak_gflops or cores * cpu["mhz"] / 1000.0 * FLOPS_PER_CYCLE
-    measured = measured_conv_gflops(args.threads)
+    measured = measured_conv_gflops()
     print(
         f"CPU: {cpu['model']} ({cpu['physical_cores']} cores, {cpu['logical_cpus']} logical, "
         f"{cpu['mhz']:.0f} MHz, {' '.join(cpu['simd'])}); threads {args.threads}; torch "
