@@ -315,6 +315,9 @@ class _Dispatcher:
         self.reporter.tick(force=True)
         _init_ray(self.config)
         self.weights_ref = ray.put(self.weights)
+        # Resources and settings are the same for every actor, replacements included.
+        self.actor_options = self._actor_options()
+        self.actor_config = self._actor_config(self.actor_options["num_cpus"])
         self._start_actors(min(self._num_actors(), len(todo)))
         self.progress.state = RUN_RUNNING
         queue = collections.deque(_Shard(s) for s in todo)
@@ -356,7 +359,7 @@ class _Dispatcher:
             options["runtime_env"] = {"env_vars": env_vars}
         return options
 
-    def _actor_config(self) -> ActorConfig:
+    def _actor_config(self, cpus: float) -> ActorConfig:
         kwargs = dict(
             batch_size=self.config.batch_size,
             fetch_threads=self.config.fetch_threads,
@@ -367,13 +370,12 @@ class _Dispatcher:
             kwargs["max_image_bytes"] = self.config.max_image_bytes
         if self.config.max_image_pixels:
             kwargs["max_image_pixels"] = self.config.max_image_pixels
-        cpus = self._actor_options()["num_cpus"]
         kwargs["torch_threads"] = max(1, int(cpus))
         return ActorConfig(**kwargs)
 
     def _new_actor(self):
-        return DetectorActor.options(**self._actor_options()).remote(
-            self.spec, self.weights_ref, self._actor_config(), self.config.s3
+        return DetectorActor.options(**self.actor_options).remote(
+            self.spec, self.weights_ref, self.actor_config, self.config.s3
         )
 
     def _start_actors(self, count: int) -> None:
@@ -394,7 +396,7 @@ class _Dispatcher:
             if pending and time.time() > deadline:
                 raise RunError(
                     f"{len(pending)} actor(s) could not start within {ACTOR_START_TIMEOUT_S:.0f}"
-                    f" s: the cluster may lack the resources asked for ({self._actor_options()})"
+                    f" s: the cluster may lack the resources asked for ({self.actor_options})"
                     "; lower --actors / --gpus-per-actor, or add nodes"
                 )
         self.progress.actors_live = len(self.slots)
