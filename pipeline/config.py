@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.ledger import is_run_id
 from pipeline.model_spec import DetectorOptions
 from pipeline.plan import DEFAULT_SHARD_SIZE
 from pipeline.s3 import S3Options
@@ -12,6 +13,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BATCH_SIZE = 8
 #: Shards queued on each actor at once: one running, one ready to start.
 DEFAULT_SHARDS_PER_ACTOR = 2
+#: Seconds an actor may take to be placed and load the model (a GPU node may need minutes to
+#: join an autoscaling cluster) before the run goes on without it, or stops if none started.
+ACTOR_START_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class RunConfig:
     run_id: str | None = None
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
+    actor_start_timeout_s: float = ACTOR_START_TIMEOUT_S
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the accepted values."""
@@ -57,6 +62,12 @@ class RunConfig:
             (self.fetch_threads >= 1, "fetch_threads must be at least 1"),
             (self.max_attempts >= 1, "max_attempts must be at least 1"),
             (self.shards_per_actor >= 1, "shards_per_actor must be at least 1"),
+            (self.actor_start_timeout_s > 0, "actor_start_timeout_s must be > 0 seconds"),
+            (
+                self.run_id is None or is_run_id(self.run_id),
+                f"run id {self.run_id!r} is not a run id like 20261129T170000Z-1a2b3c; "
+                "`yolo-batch status OUTPUT` lists the runs",
+            ),
             (
                 self.precision == "fp32" or self.gpus_per_actor > 0,
                 f"precision {self.precision} runs on GPUs only: add --gpus-per-actor, or use fp32",

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 import ray.exceptions
 
+from pipeline import faults
 from pipeline.actor import ActorConfig, DetectorActor, ShardResult, ShardTask
 from pipeline.config import RunConfig
 from pipeline.errors import RunError
@@ -68,8 +69,6 @@ RETRY_BACKOFF_S = 1.0
 RETRY_BACKOFF_MAX_S = 30.0
 #: Replacements of dead actors allowed per actor slot before the run gives up.
 MAX_ACTOR_REPLACEMENTS = 5
-#: Seconds to wait for actors to load the model before reporting that they cannot start.
-ACTOR_START_TIMEOUT_S = 600.0
 #: Longest ``ray.wait`` between progress refreshes.
 WAIT_TIMEOUT_S = 1.0
 #: Threads reading earlier commit markers' counts on resume.
@@ -95,11 +94,20 @@ class _Shard:
 
 @dataclass
 class _Slot:
+    """One actor place. Its actor takes shards only once ``ready`` (its model loaded): a
+    replacement that cannot be placed (its node gone, the cluster full) holds no work."""
+
     index: int
     handle: object
+    ready_ref: object = None  # ObjectRef of ``handle.ready()`` until it resolves, then None
+    started_at: float = 0.0
     generation: int = 0
     replacements: int = 0
     in_flight: dict = field(default_factory=dict)  # ObjectRef -> (_Shard, generation)
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_ref is None
 
 
 def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> RunOutcome:
@@ -116,7 +124,7 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
         source = open_source(source_uri, config.s3)
     except (ValueError, FileNotFoundError) as exc:
         raise RunError(f"cannot use the source {source_uri}: {exc}") from None
-    _preflight(source, source_uri, output_uri, storage)
+    _preflight(source, source_uri, output_uri, storage, config.s3)
 
     spec, weights = resolve_model(
         model=config.model.name,
@@ -139,6 +147,7 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
             def on_shard(shards: int, images: int) -> None:
                 progress.shards_total, progress.images_total = shards, images
                 reporter.tick()
+                faults.after_plan_shard()
 
             plan = write_plan(
                 source.iter_objects(),
@@ -182,7 +191,7 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
 
 
 # --------------------------------------------------------------------------- stages
-def _preflight(source, source_uri: str, output_uri: str, storage) -> None:
+def _preflight(source, source_uri: str, output_uri: str, storage, s3_options) -> None:
     """Stop before any work if the source cannot be read or the output not written."""
     if is_within(output_uri, source_uri) and source.kind != "manifest":
         raise RunError(
@@ -191,7 +200,7 @@ def _preflight(source, source_uri: str, output_uri: str, storage) -> None:
         )
     try:
         iterator = source.iter_objects()
-        next(iterator, None)
+        first = next(iterator, None)
         close = getattr(iterator, "close", None)
         if close:
             close()
@@ -199,6 +208,18 @@ def _preflight(source, source_uri: str, output_uri: str, storage) -> None:
         raise RunError(f"cannot read the source {source_uri}: {exc}; check the path") from None
     except (StorageError, ValueError) as exc:
         raise RunError(f"cannot read the source {source_uri}: {exc}") from None
+    if first is not None:
+        # Listing and reading are separate permissions: a credential that may list but not
+        # read would turn every image into an error row. Missing objects are rows, not fatal.
+        try:
+            storage_for(first.uri, s3_options).probe_read(first.uri)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+        except (StorageError, OSError) as exc:
+            raise RunError(
+                f"can list the source {source_uri} but not read its objects ({first.uri}: "
+                f"{exc}); grant read access (s3:GetObject) to the images"
+            ) from None
     probe = join(output_uri, PREFLIGHT_NAME)
     try:
         storage.write_bytes(probe, b"ok")
@@ -318,14 +339,17 @@ class _Dispatcher:
         # Resources and settings are the same for every actor, replacements included.
         self.actor_options = self._actor_options()
         self.actor_config = self._actor_config(self.actor_options["num_cpus"])
-        self._start_actors(min(self._num_actors(), len(todo)))
-        self.progress.state = RUN_RUNNING
+        self.start_timeout = self.config.actor_start_timeout_s
+        self.slots = [_Slot(i, None) for i in range(min(self._num_actors(), len(todo)))]
+        for slot in self.slots:
+            self._launch(slot)
         queue = collections.deque(_Shard(s) for s in todo)
         try:
             self._loop(queue)
         finally:
             for slot in self.slots:
-                ray.kill(slot.handle, no_restart=True)
+                with contextlib.suppress(ray.exceptions.RayError):
+                    ray.kill(slot.handle, no_restart=True)
             self.progress.actors_live = 0
         return self.processed
 
@@ -378,28 +402,60 @@ class _Dispatcher:
             self.spec, self.weights_ref, self.actor_config, self.config.s3
         )
 
-    def _start_actors(self, count: int) -> None:
-        self.slots = [_Slot(i, self._new_actor()) for i in range(count)]
-        ready = [slot.handle.ready.remote() for slot in self.slots]
-        deadline = time.time() + ACTOR_START_TIMEOUT_S
-        pending = list(ready)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_TIMEOUT_S)
-            for ref in done:
-                try:
-                    info = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    raise RunError(f"an actor failed to load the model: {_short(exc)}") from None
-                logger.info("actor ready: %s", info)
-            self.progress.actors_live = len(self.slots) - len(pending)
-            self.reporter.tick()
-            if pending and time.time() > deadline:
-                raise RunError(
-                    f"{len(pending)} actor(s) could not start within {ACTOR_START_TIMEOUT_S:.0f}"
-                    f" s: the cluster may lack the resources asked for ({self.actor_options})"
-                    "; lower --actors / --gpus-per-actor, or add nodes"
-                )
-        self.progress.actors_live = len(self.slots)
+    def _launch(self, slot: _Slot) -> None:
+        """Start a new actor in ``slot``; it takes shards once its ``ready()`` returns."""
+        slot.handle = self._new_actor()
+        slot.ready_ref = slot.handle.ready.remote()
+        slot.started_at = time.time()
+
+    def _on_ready(self, slot: _Slot) -> None:
+        """``slot``'s ``ready()`` finished: the actor takes work, or it is replaced."""
+        ref, slot.ready_ref = slot.ready_ref, None
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):
+                raise RunError(f"an actor failed to load the model: {_short(exc)}") from None
+            self._replace_actor(slot, _short(exc))  # died before it was ready (node lost)
+            return
+        except ray.exceptions.RayError as exc:
+            raise RunError(f"an actor failed to load the model: {_short(exc)}") from None
+        logger.info("actor %d ready: %s", slot.index, info)
+        self._count_live()
+        if self.progress.state != RUN_RUNNING:
+            self.progress.state = RUN_RUNNING
+
+    def _check_start_deadlines(self) -> None:
+        """Give up on actors that cannot start: drop them while others work, else stop."""
+        now = time.time()
+        late = [s for s in self.slots if not s.ready and now - s.started_at > self.start_timeout]
+        if not late:
+            return
+        if not any(s.ready for s in self.slots):
+            raise RunError(
+                f"no actor could start within {self.start_timeout:.0f} s: the cluster may "
+                f"lack the resources asked for ({self._resources_text()}); lower --actors / "
+                "--gpus-per-actor / --cpus-per-actor, or add nodes"
+            )
+        for slot in late:
+            logger.warning(
+                "actor %d could not start within %.0f s (%s); going on with %d actor(s)",
+                slot.index,
+                self.start_timeout,
+                self._resources_text(),
+                len(self.slots) - 1,
+            )
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.kill(slot.handle, no_restart=True)
+            self.slots.remove(slot)
+        self._count_live()
+
+    def _resources_text(self) -> str:
+        options = self.actor_options
+        return ", ".join(f"{k}={options[k]}" for k in ("num_cpus", "num_gpus") if k in options)
+
+    def _count_live(self) -> None:
+        self.progress.actors_live = sum(slot.ready for slot in self.slots)
 
     def _replace_actor(self, slot: _Slot, reason: str) -> None:
         slot.replacements += 1
@@ -412,22 +468,28 @@ class _Dispatcher:
         logger.warning("actor %d died (%s); starting a replacement", slot.index, reason)
         with contextlib.suppress(ray.exceptions.RayError):
             ray.kill(slot.handle, no_restart=True)
-        slot.handle = self._new_actor()
         slot.generation += 1
+        self._launch(slot)
+        self._count_live()
 
     # ------------------------------------------------------------------ loop
     def _loop(self, queue: collections.deque) -> None:
         while queue or any(slot.in_flight for slot in self.slots):
+            self._check_start_deadlines()
             self._fill(queue)
             refs = {ref: slot for slot in self.slots for ref in slot.in_flight}
             self.progress.shards_in_flight = len(refs)
-            if not refs:
+            starting = {slot.ready_ref: slot for slot in self.slots if not slot.ready}
+            if not refs and not starting:
                 wait = min(s.ready_at for s in queue) - time.time()
                 time.sleep(min(max(wait, 0.01), WAIT_TIMEOUT_S))
                 self.reporter.tick()
                 continue
-            done, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_TIMEOUT_S)
+            done, _ = ray.wait([*refs, *starting], num_returns=1, timeout=WAIT_TIMEOUT_S)
             for ref in done:
+                if ref in starting:
+                    self._on_ready(starting[ref])
+                    continue
                 slot = refs[ref]
                 shard, generation = slot.in_flight.pop(ref)
                 self._settle(ref, slot, shard, generation, queue)
@@ -437,6 +499,8 @@ class _Dispatcher:
     def _fill(self, queue: collections.deque) -> None:
         now = time.time()
         for slot in self.slots:
+            if not slot.ready:
+                continue
             while len(slot.in_flight) < self.config.shards_per_actor:
                 shard = _pop_ready(queue, now)
                 if shard is None:
@@ -468,6 +532,7 @@ class _Dispatcher:
         except ray.exceptions.RayTaskError as exc:
             self._retry(shard, _short(getattr(exc, "cause", None) or exc), queue)
             return
+        faults.before_commit()
         try:
             self.ledger.commit(self.run_id, shard.shard_id, result.attempt_token, _counts(result))
         except (StorageError, OSError) as exc:

@@ -3,8 +3,10 @@
 Set ``YOLO_BATCH_FAULTS`` to a JSON object before starting a run, e.g.
 ``{"fail_shards": [3]}`` makes every attempt at shard 3 raise :class:`InjectedFaultError`, and
 ``{"slow_shards_s": 2.0}`` delays every shard by two seconds (to give tests time to interrupt a
-run mid-shard). Unset in production: then nothing here has any effect. The variable reaches
-Ray workers through the driver's environment and the actors' ``runtime_env``.
+run mid-shard). Two more delays open the driver's other windows: ``plan_shard_delay_s`` after
+each plan shard is written (a kill lands mid-planning) and ``commit_delay_s`` between a shard's
+data files and its commit marker. Unset in production: then nothing here has any effect. The
+variable reaches Ray workers through the driver's environment and the actors' ``runtime_env``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class InjectedFaultError(RuntimeError):
 class FaultPlan:
     fail_shards: frozenset[int] = field(default_factory=frozenset)
     slow_shards_s: float = 0.0
+    plan_shard_delay_s: float = 0.0
+    commit_delay_s: float = 0.0
 
 
 def current() -> FaultPlan:
@@ -37,6 +41,8 @@ def current() -> FaultPlan:
         return FaultPlan(
             fail_shards=frozenset(int(s) for s in spec.get("fail_shards", ())),
             slow_shards_s=float(spec.get("slow_shards_s", 0.0)),
+            plan_shard_delay_s=float(spec.get("plan_shard_delay_s", 0.0)),
+            commit_delay_s=float(spec.get("commit_delay_s", 0.0)),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f'{FAULTS_ENV} must be JSON like {{"fail_shards": [3]}}: {exc}') from None
@@ -49,3 +55,17 @@ def before_shard(shard_id: int) -> None:
         time.sleep(plan.slow_shards_s)
     if shard_id in plan.fail_shards:
         raise InjectedFaultError(f"injected failure of shard {shard_id} ({FAULTS_ENV})")
+
+
+def after_plan_shard() -> None:
+    """Driver side: called after each plan shard is written."""
+    delay = current().plan_shard_delay_s
+    if delay:
+        time.sleep(delay)
+
+
+def before_commit() -> None:
+    """Driver side: called after a shard's data files exist, before its commit marker."""
+    delay = current().commit_delay_s
+    if delay:
+        time.sleep(delay)

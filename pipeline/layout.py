@@ -14,10 +14,15 @@
 
 Data files are named by shard and attempt token and become visible to readers only through
 the commit marker that names that token, so a retried shard's stray files never show up twice.
+
+No part of a path comes from an object key: paths are built from the run id, table names, shard
+numbers and attempt tokens only, and each of those must be one plain name segment
+(:func:`checked_segment`), so nothing a user or a source supplies can point outside the output.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.uris import join
@@ -27,9 +32,22 @@ STATUS_FILE = "_status.json"
 DETECTIONS_TABLE = "detections"
 IMAGES_TABLE = "images"
 SHARD_DIGITS = 6
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def checked_segment(value: str, what: str) -> str:
+    """``value`` if it is one safe path segment (letters, digits, ``_ . -``; no ``..``)."""
+    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a plain name (letters, digits, '_', '.', '-'): it would "
+            "not stay inside the output folder"
+        )
+    return value
 
 
 def shard_name(shard_id: int) -> str:
+    if isinstance(shard_id, bool) or not isinstance(shard_id, int) or shard_id < 0:
+        raise ValueError(f"shard id must be a non-negative integer, got {shard_id!r}")
     return f"shard-{shard_id:0{SHARD_DIGITS}d}"
 
 
@@ -48,7 +66,7 @@ class OutputLayout:
         return join(self.root, RUNS_DIR)
 
     def run_dir(self, run_id: str) -> str:
-        return join(self.root, RUNS_DIR, run_id)
+        return join(self.root, RUNS_DIR, checked_segment(run_id, "run id"))
 
     def run_record(self, run_id: str) -> str:
         return join(self.run_dir(run_id), "run.json")
@@ -72,9 +90,10 @@ class OutputLayout:
         return join(self.failed_dir(run_id), f"{shard_name(shard_id)}.json")
 
     def table_dir(self, table: str, run_id: str) -> str:
-        return join(self.root, table, f"run_id={run_id}")
+        if table not in (DETECTIONS_TABLE, IMAGES_TABLE):
+            raise ValueError(f"unknown table {table!r}: {DETECTIONS_TABLE} or {IMAGES_TABLE}")
+        return join(self.root, table, f"run_id={checked_segment(run_id, 'run id')}")
 
     def data_file(self, table: str, run_id: str, shard_id: int, attempt_token: str) -> str:
-        return join(
-            self.table_dir(table, run_id), f"{shard_name(shard_id)}-{attempt_token}.parquet"
-        )
+        token = checked_segment(attempt_token, "attempt token")
+        return join(self.table_dir(table, run_id), f"{shard_name(shard_id)}-{token}.parquet")

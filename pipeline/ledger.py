@@ -32,6 +32,7 @@ RUN_ERROR = "error"
 
 _COMMIT_NAME = re.compile(r"shard-(\d+)\.([A-Za-z0-9_-]+)\.json$")
 _FAILED_NAME = re.compile(r"shard-(\d+)\.json$")
+_ATTEMPT = re.compile(r"^a(\d+)-")
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
 
 
@@ -43,6 +44,12 @@ def new_run_id(now: float | None = None) -> str:
 
 def is_run_id(text: str) -> bool:
     return bool(_RUN_ID.match(text))
+
+
+def _attempt_order(marker: CommitMarker) -> tuple[int, str]:
+    """Sort key of a marker: its attempt number (``a12-…`` after ``a2-…``), then token."""
+    match = _ATTEMPT.match(marker.attempt_token)
+    return (int(match.group(1)) if match else -1, marker.attempt_token)
 
 
 def new_attempt_token(attempt: int) -> str:
@@ -129,8 +136,9 @@ class Ledger:
     def commits(self, run_id: str) -> dict[int, CommitMarker]:
         """Committed shards by id, from the listing alone (counts not loaded).
 
-        Should a shard ever carry two markers, the later-listed one wins and a warning is
-        logged; its files alone are read.
+        A shard carries two markers only when a commit's write succeeded but its reply was
+        lost, and the driver ran the shard again: the later attempt's marker wins (by attempt
+        number, then token), a warning is logged, and that attempt's files alone are read.
         """
         found: dict[int, CommitMarker] = {}
         for info in self.storage.list(_folder(self.layout.commits_dir(run_id))):
@@ -138,9 +146,11 @@ class Ledger:
             if not match:
                 continue
             shard_id = int(match.group(1))
+            marker = CommitMarker(shard_id, match.group(2))
             if shard_id in found:
                 logger.warning("shard %d of run %s has two commit markers", shard_id, run_id)
-            found[shard_id] = CommitMarker(shard_id, match.group(2))
+                marker = max(found[shard_id], marker, key=_attempt_order)
+            found[shard_id] = marker
         return found
 
     def read_commit_counts(self, run_id: str, marker: CommitMarker) -> dict[str, Any]:

@@ -43,3 +43,10 @@ def tiny_weights_path(weights_cache: Path) -> Path:
 def sample_images(weights_cache: Path) -> list[Path]:
     """Paths of the verified sample photos ``[bus.jpg, zidane.jpg]``."""
     return fetch_sample_images(cache=weights_cache)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the reliability outcomes when ``YOLO_BATCH_RELIABILITY_OUT`` asks for them."""
+    from tests.reliability import write_session_results
+
+    write_session_results()

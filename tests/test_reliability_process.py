@@ -1,0 +1,335 @@
+"""Process faults: a driver SIGKILLed again and again, actors killed repeatedly, a node lost.
+
+Every scenario ends with the exact expected tables (one ``images`` row per input, the
+reference detections for each photo, nothing else visible), checked with ``pipeline.query``,
+and its outcome is recorded for the README's Reliability table (:mod:`tests.reliability`).
+
+- The same run's driver is SIGKILLed five times in a row, each time at a different point:
+  mid-planning, between a shard's data files and its commit marker, mid-dispatch, while the
+  actors start, and at a random moment; each ``--resume`` picks up where the last left off.
+- Actors are SIGKILLed one after another while they process shards: each is replaced, its
+  shards go again, nothing is lost or doubled.
+- A worker node of a two-node Ray cluster is lost mid-shard: its shards go to the actor on
+  the remaining node; the replacement actor that cannot be placed takes no work.
+
+The ``long`` versions (``pytest -m long``) kill the driver at many random moments and kill
+actors throughout a larger run.
+"""
+
+# The fixtures imported from test_pipeline_faults are used as test arguments (F811 there).
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.query import query
+from tests.reliability import Outcome, record, tally
+from tests.test_pipeline_e2e import Input, assert_run_results, cli_env, run_args, write_local_source
+from tests.test_pipeline_e2e import psutil as ps
+from tests.test_pipeline_faults import (  # noqa: F401  (fixtures: cache, cli, job, reference)
+    FAULT_INPUTS,
+    NUM_SHARDS,
+    SHARD_SIZE,
+    assert_complete,
+    cache,
+    cli,
+    commits,
+    job,
+    reference,
+    shard_files,
+    wait_for,
+)
+
+#: Seconds the driver waits after each plan shard: a window to kill it mid-planning.
+PLAN_SHARD_DELAY_S = 0.6
+#: Seconds between a shard's data files and its commit marker: a window to kill it there.
+COMMIT_DELAY_S = 4.0
+#: Seconds each shard waits before starting: a window to kill mid-dispatch.
+SLOW_SHARD_S = 1.5
+#: Seed of the random kill moments in the normal suite (the long tests draw a fresh one).
+KILL_SEED = 20261129
+#: The random kill lands this many seconds after the driver starts, at most.
+RANDOM_KILL_MAX_S = 12.0
+#: Shards a dead actor's retries may need: several kills can land on the same shard.
+ATTEMPTS_UNDER_ACTOR_KILLS = 6
+
+
+def run_dirs(output: Path) -> list[Path]:
+    return sorted(output.glob("_runs/*"))
+
+
+def status_state(output: Path) -> str | None:
+    try:
+        return json.loads((output / "_status.json").read_text()).get("state")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def kill_driver(run) -> None:
+    """SIGKILL the driver, then what it started (as a machine losing the driver would)."""
+    run.signal(signal.SIGKILL)
+    run.kill_tree(grace_s=0)
+    assert run.proc.returncode == -signal.SIGKILL
+
+
+def uncommitted_shard_with_both_files(output: Path) -> int | None:
+    committed = commits(output)
+    for shard_id in range(NUM_SHARDS):
+        files = shard_files(output, shard_id)
+        if shard_id not in committed and all(len(names) == 1 for names in files.values()):
+            return shard_id
+    return None
+
+
+def image_rows(output: Path, run_id: str) -> list[str]:
+    table = query(str(output), f"SELECT image_uri FROM all_images WHERE run_id = '{run_id}'")
+    return table.column(0).to_pylist()
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@pytest.mark.slow
+def test_driver_killed_five_times_at_different_points_converges(cli, cache, job, reference):
+    source, output, expected = job
+    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    rng = random.Random(KILL_SEED)
+    kills: list[str] = []
+
+    # 1. Mid-planning: some plan shards written, the plan not complete.
+    run = cli.start(args, cli_env(cache, faults={"plan_shard_delay_s": PLAN_SHARD_DELAY_S}))
+    wait_for(lambda: list(output.glob("_runs/*/plan/shard-*.parquet")), run, "a first plan shard")
+    kill_driver(run)
+    (run_dir,) = run_dirs(output)
+    run_id = run_dir.name
+    assert not (run_dir / "plan.json").exists(), "the kill landed after planning finished"
+    kills.append("mid-planning")
+
+    # 2. Between a shard's data files and its commit marker.
+    run = cli.start(
+        [*args, "--resume"],
+        cli_env(cache, faults={"commit_delay_s": COMMIT_DELAY_S}),
+    )
+    orphan = wait_for(
+        lambda: uncommitted_shard_with_both_files(output), run, "data files without a marker"
+    )
+    kill_driver(run)
+    assert orphan not in commits(output), "the kill landed after the commit"
+    orphan_files = shard_files(output, orphan)
+    kills.append("between data files and commit marker")
+
+    # 3. Mid-dispatch: after one more shard committed, with others in flight.
+    before = len(commits(output))
+    run = cli.start([*args, "--resume"], cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+    wait_for(lambda: len(commits(output)) > before, run, "another commit")
+    kill_driver(run)
+    assert len(commits(output)) < NUM_SHARDS, "the run finished before the kill"
+    kills.append("mid-dispatch")
+
+    # 4. While the actors start (the model loading, nothing dispatched yet).
+    run = cli.start([*args, "--resume"], cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+    wait_for(lambda: status_state(output) == "starting actors", run, "actors starting")
+    kill_driver(run)
+    kills.append("while actors start")
+
+    # 5. At a random moment.
+    delay = rng.uniform(0.5, RANDOM_KILL_MAX_S)
+    run = cli.start([*args, "--resume"], cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+    time.sleep(delay)
+    if run.proc.poll() is None:
+        kill_driver(run)
+        kills.append(f"random ({delay:.1f} s after start)")
+
+    final = cli.run([*args, "--resume"], cli_env(cache))
+    assert final.returncode == 0, final.describe()
+    assert final.run_id == run_id
+    assert run_dirs(output) == [run_dir]  # every resume continued the same run
+    assert_complete(output, expected, reference, run_id)
+    # The orphaned attempt's files are still on disk but were never committed: the shard's
+    # marker names a later attempt, and the tables (checked above) hold its rows once.
+    marker = commits(output)[orphan]
+    assert marker.name.split(".")[1] not in str(orphan_files), (marker, orphan_files)
+
+    lost, duplicated = tally(image_rows(output, run_id), expected)
+    assert (lost, duplicated) == (0, 0)
+    record(
+        Outcome(
+            area="process faults",
+            case="driver SIGKILLed 5 times on one run: " + ", ".join(kills),
+            trials=len(kills),
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=f"each --resume continued; run {len(kills) + 1} completed exactly",
+        )
+    )
+
+
+# --------------------------------------------------------------------------- actors
+
+
+def busy_actor(run):
+    """An actor process of ``run`` inside ``process_shard``, or None."""
+    for proc in run.descendants():
+        try:
+            title = " ".join(proc.cmdline())
+        except Exception:  # gone meanwhile
+            continue
+        if "DetectorActor.process_shard" in title:
+            return proc
+    return None
+
+
+def kill_actors(run, output: Path, kills: int) -> list[int]:
+    """SIGKILL ``kills`` actors one after another, each while it holds a shard."""
+    killed: list[int] = []
+    for _ in range(kills):
+        actor = wait_for(
+            lambda: (a := busy_actor(run)) and a.pid not in killed and a, run, "a busy actor"
+        )
+        killed.append(actor.pid)
+        actor.kill()
+    return killed
+
+
+@pytest.mark.slow
+def test_actors_killed_repeatedly_are_replaced_and_nothing_is_lost(cli, cache, job, reference):
+    source, output, expected = job
+    kills = 3
+    args = run_args(
+        source,
+        output,
+        "--shard-size",
+        SHARD_SIZE,
+        "--max-attempts",
+        ATTEMPTS_UNDER_ACTOR_KILLS,
+    )
+    run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+    killed = kill_actors(run, output, kills)
+    assert len(set(killed)) == kills
+    assert len(commits(output)) < NUM_SHARDS, "the run finished before the last kill"
+
+    result = run.wait()
+    assert result.returncode == 0, result.describe()
+    run_id = result.run_id
+    assert_complete(output, expected, reference, run_id)
+    status = json.loads((output / "_status.json").read_text())
+    assert status["actor_restarts"] == kills, status
+    lost, duplicated = tally(image_rows(output, run_id), expected)
+    assert (lost, duplicated) == (0, 0)
+    record(
+        Outcome(
+            area="process faults",
+            case=f"actor SIGKILLed mid-shard, {kills} times in one run",
+            trials=kills,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=f"{kills} replacements, {status['shard_retries']} shard retries; completed",
+        )
+    )
+
+
+# --------------------------------------------------------------------------- a lost node
+
+#: Seconds between the GCS's health checks of a node, and the misses that declare it dead.
+#: Ray's defaults take ~30 s to notice a lost node; the test cluster notices in ~3 s.
+HEALTH_CHECK_PERIOD_MS = 1000
+HEALTH_CHECK_FAILURES = 3
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A Ray head (1 CPU) and one worker node (1 CPU) on this machine."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": False,
+            "_system_config": {
+                "health_check_period_ms": HEALTH_CHECK_PERIOD_MS,
+                "health_check_failure_threshold": HEALTH_CHECK_FAILURES,
+            },
+        },
+    )
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, worker
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_worker_node_lost_mid_run_completes_on_the_remaining_node(
+    cli, cache, tmp_path, sample_images, reference, two_node_cluster
+):
+    cluster, worker = two_node_cluster
+    inputs = [Input(f"n/photo {i}.jpg", photo=i % 2) for i in range(8)]
+    source, output = tmp_path / "photos", tmp_path / "results"
+    expected = write_local_source(source, inputs, sample_images)
+    args = run_args(
+        source,
+        output,
+        "--shard-size",
+        2,
+        "--actors",
+        2,
+        "--cpus-per-actor",
+        1,
+        "--address",
+        cluster.address,
+    )
+    run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+
+    def busy_on_worker():
+        actor = busy_actor_on(worker)
+        return actor if actor and commits(output) else None
+
+    wait_for(busy_on_worker, run, "a busy actor on the worker node with a shard committed")
+    cluster.remove_node(worker, allow_graceful=False)
+
+    result = run.wait()
+    assert result.returncode == 0, result.describe()
+    run_id = result.run_id
+    status = json.loads((output / "_status.json").read_text())
+    assert status["actor_restarts"] >= 1, status
+    lost, duplicated = tally(image_rows(output, run_id), expected)
+    assert (lost, duplicated) == (0, 0)
+    assert_run_results(str(output), expected, reference, run_id)
+    record(
+        Outcome(
+            area="process faults",
+            case="worker node lost mid-shard (2-node Ray cluster)",
+            trials=1,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result="shards moved to the remaining node; completed",
+        )
+    )
+
+
+def busy_actor_on(node):
+    """An actor process of the Ray node ``node`` inside ``process_shard``, or None."""
+    try:
+        raylet = ps.Process(node.all_processes["raylet"][0].process.pid)
+        children = raylet.children(recursive=True)
+    except (ps.NoSuchProcess, KeyError, IndexError):
+        return None
+    for proc in children:
+        try:
+            if "DetectorActor.process_shard" in " ".join(proc.cmdline()):
+                return proc
+        except ps.Error:
+            continue
+    return None
