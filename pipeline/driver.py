@@ -621,16 +621,39 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Ray's switch for token authentication of its gRPC and HTTP endpoints.
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+#: The Ray logger that announces, on every start, that tokens are on (Ray's default).
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def _init_ray(config: RunConfig) -> None:
-    """Join ``--address`` / ``RAY_ADDRESS``, else start a local Ray with no dashboard."""
+    """Join ``--address`` / ``RAY_ADDRESS``, else start a local Ray: no dashboard, and token
+    authentication left on (Ray's ports listen on the machine's interfaces; without a token
+    anyone who reaches them could run code as this user).
+
+    A cluster that is joined keeps its own settings: its token comes from ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as Ray documents.
+    """
     if ray.is_initialized():
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     common = dict(logging_level=logging.WARNING, log_to_driver=True)
     if address:
         ray.init(address=address, **common)
-    else:
-        ray.init(include_dashboard=False, **common)
+        return
+    mode = os.environ.get(RAY_AUTH_MODE_ENV)
+    if mode is not None and mode.lower() != "token":
+        logger.warning(
+            "%s=%s: the local Ray accepts connections without a token; anyone who can reach "
+            "this machine's Ray ports can run code as this user. Unset it to keep tokens on",
+            RAY_AUTH_MODE_ENV,
+            mode,
+        )
+    # Ray turns tokens on for new local clusters and says so on every start; the notice
+    # tells users nothing they must act on (our own warning above covers turning them off).
+    logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
+    ray.init(include_dashboard=False, **common)
 
 
 __all__ = ["EXIT_FAILED_SHARDS", "EXIT_INTERRUPTED", "EXIT_OK", "RunError", "RunOutcome", "run"]

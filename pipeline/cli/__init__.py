@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose debug logs carry credentials (the access key id in signed headers); -vv
+#: shows our debug logs and theirs at INFO at most.
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -46,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors; the contract says 1
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         return EXIT_USAGE if code == 2 else code
+    level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in CREDENTIAL_LOGGERS:  # their debug logs print signed request headers
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. piped into `head`; not an error of ours
