@@ -67,7 +67,8 @@ EXIT_INTERRUPTED = 130
 #: First retry delay of a failed shard; doubles with each attempt, capped.
 RETRY_BACKOFF_S = 1.0
 RETRY_BACKOFF_MAX_S = 30.0
-#: Replacements of dead actors allowed per actor slot before the run gives up.
+#: Deaths of one actor slot's actors in a row, without a shard finished in between, before the
+#: run gives up (a crash loop, e.g. out of memory); deaths spread over a long run never add up.
 MAX_ACTOR_REPLACEMENTS = 5
 #: Longest ``ray.wait`` between progress refreshes.
 WAIT_TIMEOUT_S = 1.0
@@ -102,7 +103,7 @@ class _Slot:
     ready_ref: object = None  # ObjectRef of ``handle.ready()`` until it resolves, then None
     started_at: float = 0.0
     generation: int = 0
-    replacements: int = 0
+    replacements: int = 0  # since the slot's last finished shard
     in_flight: dict = field(default_factory=dict)  # ObjectRef -> (_Shard, generation)
 
     @property
@@ -462,8 +463,9 @@ class _Dispatcher:
         self.progress.actor_restarts += 1
         if slot.replacements > MAX_ACTOR_REPLACEMENTS:
             raise RunError(
-                f"actor {slot.index} died {slot.replacements} times (last: {reason}); the "
-                "workers may be running out of memory: lower --batch-size or --fetch-threads"
+                f"actor {slot.index} died {slot.replacements} times in a row without finishing "
+                f"a shard (last: {reason}); the workers may be running out of memory: lower "
+                "--batch-size or --fetch-threads"
             )
         logger.warning("actor %d died (%s); starting a replacement", slot.index, reason)
         with contextlib.suppress(ray.exceptions.RayError):
@@ -539,6 +541,8 @@ class _Dispatcher:
             self._retry(shard, f"commit: {exc}", queue)
             return
         self.processed.append(shard.shard_id)
+        if generation == slot.generation:
+            slot.replacements = 0  # the slot's actor works: earlier deaths were not a loop
         p = self.progress
         p.shards_committed += 1
         p.images_done += result.num_images

@@ -333,3 +333,107 @@ def busy_actor_on(node):
         except ps.Error:
             continue
     return None
+
+
+# --------------------------------------------------------------------------- long, randomised
+
+#: Driver kills in the long test, each at a random moment of a random resume.
+LONG_DRIVER_KILLS = 15
+#: Actor kills in the long test, at random moments of one larger run.
+LONG_ACTOR_KILLS = 8
+LONG_INPUTS = 24
+
+
+def commits_of(output: Path) -> list[Path]:
+    return list(output.glob("_runs/*/commits/shard-*.json"))
+
+
+def long_job(tmp_path: Path, sample_images) -> tuple[Path, Path, dict]:
+    inputs = [Input(f"long/{i // 6}/photo {i}.jpg", photo=i % 2) for i in range(LONG_INPUTS)]
+    source, output = tmp_path / "photos", tmp_path / "results"
+    return source, output, write_local_source(source, inputs, sample_images)
+
+
+@pytest.mark.long
+def test_long_driver_killed_at_many_random_moments(cli, cache, tmp_path, sample_images, reference):
+    source, output, expected = long_job(tmp_path, sample_images)
+    seed = int(time.time())
+    rng = random.Random(seed)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    windows = {
+        "plan_shard_delay_s": PLAN_SHARD_DELAY_S,
+        "commit_delay_s": COMMIT_DELAY_S,
+        "slow_shards_s": SLOW_SHARD_S,
+    }
+    landed = 0
+    for attempt in range(LONG_DRIVER_KILLS):
+        faults = {name: value for name, value in windows.items() if rng.random() < 0.5}
+        resume = ["--resume"] if run_dirs(output) else []
+        run = cli.start([*args, *resume], cli_env(cache, faults=faults))
+        time.sleep(rng.uniform(0.5, RANDOM_KILL_MAX_S))
+        if run.proc.poll() is None:
+            kill_driver(run)
+            landed += 1
+        elif run.proc.returncode != 0:
+            pytest.fail(f"resume {attempt} failed (seed {seed}):\n{run.result().describe()}")
+    final = cli.run([*args, "--resume"], cli_env(cache))
+    assert final.returncode == 0, f"seed {seed}\n{final.describe()}"
+    (run_dir,) = run_dirs(output)
+    lost, duplicated = tally(image_rows(output, run_dir.name), expected)
+    assert (lost, duplicated) == (0, 0), seed
+    assert_run_results(str(output), expected, reference, run_dir.name)
+    record(
+        Outcome(
+            area="process faults",
+            case=f"driver SIGKILLed at random moments of {LONG_DRIVER_KILLS} resumes",
+            trials=landed,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=f"{landed} kills landed (seed {seed}); final resume completed exactly",
+            long=True,
+        )
+    )
+
+
+@pytest.mark.long
+def test_long_actors_killed_throughout_a_run(cli, cache, tmp_path, sample_images, reference):
+    source, output, expected = long_job(tmp_path, sample_images)
+    seed = int(time.time())
+    rng = random.Random(seed)
+    args = run_args(
+        source, output, "--shard-size", SHARD_SIZE, "--max-attempts", LONG_ACTOR_KILLS + 2
+    )
+    run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S / 2}))
+    killed = 0
+    for _ in range(LONG_ACTOR_KILLS):
+        # Progress between kills: deaths in a row with no shard finished are a crash loop,
+        # which the driver rightly gives up on (MAX_ACTOR_REPLACEMENTS).
+        done = len(commits_of(output))
+        wait_for(lambda n=done: len(commits_of(output)) > n or not n, run, "progress")
+        actor = wait_for(lambda: busy_actor(run), run, "a busy actor")
+        time.sleep(rng.uniform(0.0, SLOW_SHARD_S))
+        try:
+            actor.kill()
+            killed += 1
+        except ps.NoSuchProcess:
+            pass
+    result = run.wait()
+    assert result.returncode == 0, f"seed {seed}\n{result.describe()}"
+    lost, duplicated = tally(image_rows(output, result.run_id), expected)
+    assert (lost, duplicated) == (0, 0), seed
+    assert_run_results(str(output), expected, reference, result.run_id)
+    status = json.loads((output / "_status.json").read_text())
+    record(
+        Outcome(
+            area="process faults",
+            case=f"actors SIGKILLed at random moments, {LONG_ACTOR_KILLS} times in one run",
+            trials=killed,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=f"{status['actor_restarts']} replacements, {status['shard_retries']} shard "
+            f"retries (seed {seed}); completed exactly",
+            long=True,
+        )
+    )
