@@ -508,15 +508,20 @@ class _Dispatcher:
                 if shard is None:
                     return
                 shard.attempts += 1
+                try:
+                    objects = read_shard(
+                        self.ledger.storage, self.ledger.layout, self.run_id, shard.shard_id
+                    )
+                except (StorageError, OSError) as exc:  # the store failing past its retries
+                    self._retry(shard, f"reading the shard's plan: {exc}", queue)
+                    continue
                 task = ShardTask(
                     run_id=self.run_id,
                     shard_id=shard.shard_id,
                     attempt=shard.attempts,
                     attempt_token=new_attempt_token(shard.attempts),
                     output_root=self.ledger.layout.root,
-                    objects=read_shard(
-                        self.ledger.storage, self.ledger.layout, self.run_id, shard.shard_id
-                    ),
+                    objects=objects,
                 )
                 ref = slot.handle.process_shard.remote(task)
                 slot.in_flight[ref] = (shard, slot.generation)
@@ -560,7 +565,10 @@ class _Dispatcher:
             )
             self.progress.shards_failed += 1
             self.progress.failed_shards[str(shard.shard_id)] = reason
-            self.ledger.mark_failed(self.run_id, shard.shard_id, reason, shard.attempts)
+            try:
+                self.ledger.mark_failed(self.run_id, shard.shard_id, reason, shard.attempts)
+            except (StorageError, OSError) as exc:  # the run record still counts it
+                logger.error("could not mark shard %d failed: %s", shard.shard_id, exc)
             return
         delay = min(RETRY_BACKOFF_S * 2 ** max(shard.attempts - 1, 0), RETRY_BACKOFF_MAX_S)
         logger.warning(
