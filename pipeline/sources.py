@@ -20,7 +20,9 @@ bounded memory whatever the size of the bucket or manifest:
   * Parquet with a ``uri`` column, or ``bucket`` + ``key`` columns (S3 Inventory Parquet), with
     optional ``size`` and ``e_tag``/``etag``.
 
-  Relative entries resolve against the manifest's own folder (or S3 prefix).
+  Relative entries resolve against the manifest's own folder (or S3 prefix), ``.`` and ``..``
+  segments included, as relative URLs do (never above the bucket, or ``/``). Absolute
+  ``s3://`` entries are kept byte for byte: in a key, ``..`` is just characters.
 
 Every kind applies the extension filter (``IMAGE_EXTENSIONS``, case-insensitive) unless
 ``extensions=None``.
@@ -191,7 +193,25 @@ class LocalFolderSource(Source):
             raise FileNotFoundError(2, "source folder not found; check the path", self.uri)
         for info in LocalStorage().list(self.uri):
             if self.accepts(info.uri):
+                _check_utf8_path(info.uri)
                 yield SourceObject(info.uri, info.size, info.etag)
+
+
+def _check_utf8_path(path: str) -> None:
+    """Refuse a file name that is not valid UTF-8: results tables store names as UTF-8 text.
+
+    Python hands such names over with the undecodable bytes as lone surrogates, which no
+    Parquet (or JSON) writer accepts; failing here names the file and the fix instead.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        raise ValueError(
+            f"{shown}: file name is not valid UTF-8, so it cannot be stored in the results; "
+            "rename it to UTF-8 (e.g. convmv -f latin1 -t utf-8 -r --notest FOLDER) or move "
+            "it out of the source folder"
+        ) from None
 
 
 # -- manifests -----------------------------------------------------------------------------------
@@ -236,7 +256,7 @@ class ManifestSource(Source):
         if entry.startswith("file://") or os.path.isabs(entry):
             return normalize(entry)
         if is_s3(self.base):
-            return self.base + entry
+            return _resolve_relative_key(self.base, entry)
         return normalize(os.path.join(self.base, entry))
 
     def sniff_format(self) -> str:
@@ -288,6 +308,28 @@ class ManifestSource(Source):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _resolve_relative_key(base: str, entry: str) -> str:
+    """``entry`` (a relative reference such as ``../b/c.jpg``) under the S3 prefix ``base``.
+
+    ``.`` and ``..`` segments of the entry are resolved as in a relative URL (RFC 3986): ``..``
+    drops the last segment, and stops at the bucket root. Everything else (empty segments of
+    ``a//b``, spaces, ``%``) is kept as written.
+    """
+    loc = parse_s3(base)
+    segments = loc.key.split("/")[:-1]  # the base is a prefix ending in "/"
+    parts = entry.split("/")
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part in (".", ".."):
+            if part == ".." and segments:
+                segments.pop()
+            if last:  # "a/.." names the folder a/, as in a URL
+                segments.append("")
+        else:
+            segments.append(part)
+    return f"{S3_SCHEME}{loc.bucket}/{'/'.join(segments)}"
 
 
 def _read_text(manifest: ManifestSource) -> Iterator[SourceObject]:

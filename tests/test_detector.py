@@ -709,3 +709,15 @@ def test_yolov4_parameter_count():
     assert unfused.model.num_parameters() == 64_363_101
     assert unfused.class_names[0] == "class0" and unfused.num_classes == 80
     assert sum(conv.spec.batch_normalize for conv in unfused.model.darknet_convs()) == 107
+
+
+@pytest.mark.parametrize("width,height", [(20000, 8), (8, 20000), (1, 1)])
+def test_letterbox_handles_extreme_aspect_ratios(width, height):
+    from yolov4.preprocess import RESIZE_LETTERBOX, letterbox_size, prepare_batch
+
+    new_w, new_h = letterbox_size((width, height), (416, 416))
+    assert 1 <= new_w <= 416 and 1 <= new_h <= 416 and max(new_w, new_h) == 416
+    image = torch.full((3, height, width), 200, dtype=torch.uint8)
+    batch, _ = prepare_batch([image], (416, 416), RESIZE_LETTERBOX)
+    assert batch.shape == (1, 3, 416, 416)
+    assert torch.isfinite(batch).all()

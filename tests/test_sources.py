@@ -209,6 +209,38 @@ def test_gzipped_text_manifest(tmp_path: Path):
     assert _uris(open_source(str(manifest))) == ["s3://b/1.jpg", "s3://b/2.jpg"]
 
 
+@pytest.mark.parametrize(
+    ("entry", "resolved"),
+    [
+        ("x.jpg", "s3://b/base/lists/x.jpg"),
+        ("../photos/x.jpg", "s3://b/base/photos/x.jpg"),
+        ("./sub/./x.jpg", "s3://b/base/lists/sub/x.jpg"),
+        ("../../../../../x.jpg", "s3://b/x.jpg"),  # stops at the bucket root
+        ("a//b.jpg", "s3://b/base/lists/a//b.jpg"),  # empty segments are part of the key
+        ("%2e%2e/x.jpg", "s3://b/base/lists/%2e%2e/x.jpg"),  # not URL-decoded
+        ("...jpg", "s3://b/base/lists/...jpg"),
+    ],
+)
+def test_relative_entries_of_an_s3_manifest_resolve_dot_segments(entry: str, resolved: str):
+    manifest = ManifestSource("s3://b/base/lists/run.txt")
+    assert manifest.resolve(entry, "line 1") == resolved
+    # absolute s3:// entries are keys, kept byte for byte
+    assert manifest.resolve("s3://b/base/x/../y.jpg", "line 1") == "s3://b/base/x/../y.jpg"
+
+
+def test_local_file_name_that_is_not_utf8_is_refused_by_name(tmp_path: Path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(b"x")
+    with open(os.fsencode(folder) + b"/bad \xff\xfe.jpg", "wb") as fh:
+        fh.write(b"x")
+    with pytest.raises(ValueError) as excinfo:
+        list(open_source(str(folder)).iter_objects())
+    message = str(excinfo.value)
+    assert message.startswith(f"{folder}/bad \\xff\\xfe.jpg: file name is not valid UTF-8")
+    assert "rename it" in message
+
+
 def test_csv_manifest_with_header(tmp_path: Path):
     manifest = tmp_path / "list.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:

@@ -220,7 +220,7 @@ def _check_byte_count(nbytes: int, max_bytes: int | None) -> None:
     if max_bytes is not None and nbytes > max_bytes:
         raise ImageDecodeError(
             f"decode: file is {nbytes} bytes, over the limit of {max_bytes} "
-            "(raise max_bytes to allow it)"
+            "(raise the limit, --max-image-bytes, to allow it)"
         )
 
 
@@ -311,7 +311,7 @@ def _check_pixel_count(size: tuple[int, int], max_pixels: int | None) -> None:
     if max_pixels is not None and pixels > max_pixels:
         raise ImageDecodeError(
             f"decode: image is {width}x{height} = {pixels} pixels, over the limit of "
-            f"{max_pixels} (raise max_pixels to allow it)"
+            f"{max_pixels} (raise the limit, --max-image-pixels, to allow it)"
         )
 
 

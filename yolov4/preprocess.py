@@ -56,12 +56,16 @@ def _resize(image: torch.Tensor, size_hw: tuple[int, int], align_corners: bool) 
 
 
 def letterbox_size(image_wh: tuple[int, int], input_wh: tuple[int, int]) -> tuple[int, int]:
-    """darknet's letterbox content size ``(new_w, new_h)`` (integer arithmetic as in C)."""
+    """darknet's letterbox content size ``(new_w, new_h)`` (integer arithmetic as in C).
+
+    At least one pixel on each side: darknet's arithmetic gives 0 for images far thinner than
+    the input (20000x8 into 416x416), which no resize can produce.
+    """
     w, h = image_wh
     net_w, net_h = input_wh
     if net_w / w < net_h / h:
-        return net_w, (h * net_w) // w
-    return (w * net_h) // h, net_h
+        return net_w, max(1, (h * net_w) // w)
+    return max(1, (w * net_h) // h), net_h
 
 
 def prepare_batch(
