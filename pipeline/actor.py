@@ -11,9 +11,11 @@ For each shard the processor streams the shard's objects through three overlappi
 At most ``lookahead`` images are fetched or decoded ahead of the model, so memory stays flat
 however large the shard, while the next images load during each forward pass. Per-image
 failures (missing object, over the byte limit, unreadable, undecodable) become ``images`` rows
-with status ``error``; failures of the model or of writing the output raise, and the driver
-retries the whole shard. Each shard's two tables are written as one Parquet file each, named
-by the attempt token, straight to the output.
+with status ``error``. A transient read failure (throttling, 5xx, timeout, dropped connection)
+is retried per image; if it persists, it raises like failures of the model or of writing the
+output, and the driver retries the whole shard (never an ``error`` row: that would be final).
+Each shard's two tables are written as one Parquet file each, named by the attempt token,
+straight to the output.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from pipeline.model_spec import ModelSpec
 from pipeline.s3 import S3Options
 from pipeline.schema import STATUS_ERROR, STATUS_OK
 from pipeline.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
-from pipeline.storage import LocalStorage, ObjectTooLargeError, S3Storage, StorageError
+from pipeline.storage import (
+    LocalStorage,
+    ObjectTooLargeError,
+    S3Storage,
+    StorageError,
+    TransientStorageError,
+    is_transient,
+    retry_delay,
+)
 from pipeline.uris import is_s3
 from yolov4.errors import ImageDecodeError
 from yolov4.imageio import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, decode_image
@@ -52,6 +62,14 @@ logger = logging.getLogger(__name__)
 #: Longest free-text detail kept in a ``fetch: ...`` / ``decode: ...`` error message.
 MAX_REASON_CHARS = 120
 ERROR_NOT_FOUND = "not found"
+#: Reads of one image that failed transiently (throttled, 5xx, timed out, connection dropped,
+#: after the storage layer's own retries) before the shard attempt gives up: never an error
+#: row, which would lose the image for good, since a resume skips committed shards.
+FETCH_ATTEMPTS = 3
+#: Delay before the first per-image retry; doubles each time, capped, with jitter.
+FETCH_RETRY_BACKOFF_S = 0.5
+FETCH_RETRY_BACKOFF_MAX_S = 4.0
+_DOT_SEGMENT = re.compile(r"^s3://[^/]+/(?:.*/)?\.{1,2}(?:/|$)")
 _ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{12,}\b")
 
 
@@ -378,7 +396,9 @@ class ShardProcessor:
             if loaded.etag is None and storage is self._local:
                 info = storage.info(uri)
                 loaded.etag, loaded.size = info.etag, info.size
-            data = storage.read_bytes(uri, max_bytes=limit)
+            data = self._read(storage, uri, limit, cancel)
+        except TransientStorageError:
+            raise  # fails the shard attempt: the driver retries it, or a resume does
         except (FileNotFoundError, NotADirectoryError):
             loaded.error = ERROR_NOT_FOUND
             loaded.size, loaded.etag = size, getattr(obj, "etag", None)
@@ -393,6 +413,38 @@ class ShardProcessor:
             loaded.size = loaded.nbytes = len(data)
         loaded.fetch_s = time.perf_counter() - started
         return loaded
+
+    def _read(self, storage, uri: str, limit: int, cancel: threading.Event) -> bytes:
+        """``storage.read_bytes``, retried on transient failures (:data:`FETCH_ATTEMPTS`).
+
+        Permanent failures (missing, too large, access denied) raise at once; a transient one
+        that outlasts the retries raises :class:`TransientStorageError` for the whole shard.
+        """
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                return storage.read_bytes(uri, max_bytes=limit)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                reason = _fetch_reason(exc, uri)
+                if attempt == FETCH_ATTEMPTS or cancel.is_set():
+                    raise TransientStorageError(
+                        f"could not read {uri} in {attempt} attempt(s) ({reason}): the store is "
+                        "throttling or unreachable; the shard will be retried, and if it runs "
+                        "out of attempts, resume the run later (--resume)"
+                    ) from None
+                delay = retry_delay(attempt, FETCH_RETRY_BACKOFF_S, FETCH_RETRY_BACKOFF_MAX_S)
+                logger.warning(
+                    "reading %s failed (%s); try %d of %d in %.1f s",
+                    uri,
+                    reason,
+                    attempt + 1,
+                    FETCH_ATTEMPTS,
+                    delay,
+                )
+                if cancel.wait(delay):  # the shard gave up meanwhile
+                    raise TransientStorageError(f"reading {uri}: cancelled") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _decode(self, loaded: _Loaded, out: Future, cancel: threading.Event) -> None:
         if out.cancelled():
@@ -552,7 +604,12 @@ def _fetch_reason(exc: BaseException, uri: str) -> str:
         text = str(exc)
         for pattern in (f"{uri}: ", f" to {uri}", f" of {uri}", uri):
             text = text.replace(pattern, "")
-        return _shorten(text.split("; ")[0]) or type(exc).__name__
+        text = text.split("; ")[0] or type(exc).__name__
+        if _DOT_SEGMENT.search(uri):
+            # AWS accepts such keys; many S3-compatible stores refuse them with a bare
+            # InvalidRequest that says nothing of the cause.
+            text = f"key has '.' or '..' segments, which this store refuses ({text})"
+        return _shorten(text)
     if isinstance(exc, OSError) and exc.strerror:
         return _shorten(exc.strerror.lower())
     text = str(exc).replace(uri, "")

@@ -54,8 +54,9 @@ from pipeline.ledger import (
 from pipeline.model_spec import ModelSpec, resolve_model
 from pipeline.plan import PlanSummary, read_plan_summary, read_shard, write_plan
 from pipeline.progress import ProgressReporter, RunProgress
+from pipeline.s3 import AWS_ENV_VARS
 from pipeline.sources import open_source
-from pipeline.storage import StorageError, storage_for
+from pipeline.storage import StorageError, TransientStorageError, storage_for
 from pipeline.uris import is_within, join, normalize
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,11 @@ def _preflight(source, source_uri: str, output_uri: str, storage, s3_options) ->
             storage_for(first.uri, s3_options).probe_read(first.uri)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             pass
+        except TransientStorageError as exc:
+            raise RunError(
+                f"cannot read the source {source_uri} now ({first.uri}: {exc}); the store is "
+                "throttling or unreachable: try again later"
+            ) from None
         except (StorageError, OSError) as exc:
             raise RunError(
                 f"can list the source {source_uri} but not read its objects ({first.uri}: "
@@ -378,8 +384,10 @@ class _Dispatcher:
             # anything else (its own decode threads, Ray) needs a core; passive costs nothing
             # measurable at full-size inputs (benchmarks/bench_pipeline.py).
             env_vars["OMP_WAIT_POLICY"] = "PASSIVE"
-        if os.environ.get(FAULTS_ENV):
-            env_vars[FAULTS_ENV] = os.environ[FAULTS_ENV]
+        # The actors' S3 clients retry as the driver's would, on any node.
+        for name in (FAULTS_ENV, *AWS_ENV_VARS.values()):
+            if os.environ.get(name):
+                env_vars[name] = os.environ[name]
         if env_vars:
             options["runtime_env"] = {"env_vars": env_vars}
         return options

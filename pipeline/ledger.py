@@ -131,7 +131,10 @@ class Ledger:
         name = f"{shard_name(shard_id)}.{attempt_token}.json"
         body = json.dumps({"shard_id": shard_id, "attempt_token": attempt_token, **counts})
         self.storage.write_bytes(join(self.layout.commits_dir(run_id), name), body.encode())
-        self.storage.delete(self.layout.failed_marker(run_id, shard_id))
+        try:
+            self.storage.delete(self.layout.failed_marker(run_id, shard_id))
+        except OSError as exc:  # committed all the same: a stale mark is only cosmetic
+            logger.warning("shard %d committed; its old failure mark stays: %s", shard_id, exc)
 
     def commits(self, run_id: str) -> dict[int, CommitMarker]:
         """Committed shards by id, from the listing alone (counts not loaded).

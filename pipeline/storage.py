@@ -14,23 +14,59 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
+import urllib3.exceptions
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from pipeline.s3 import S3Options, make_client
 from pipeline.uris import S3_SCHEME, is_s3, parse_s3
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Keys per ListObjectsV2 page (the S3 maximum).
 LIST_PAGE_SIZE = 1000
 #: Objects per DeleteObjects call (the S3 maximum).
 DELETE_BATCH = 1000
+#: Tries of one S3 operation that failed transiently *after* botocore's own retries: a body
+#: that broke while being read (botocore retries requests, not bodies), or botocore giving up
+#: once its retry quota is spent under sustained throttling. Conditional writes are not
+#: retried here (a lost response would turn our own success into "already exists").
+S3_ATTEMPTS = 3
+#: Delay before the first such retry; doubles each time, capped, with full jitter.
+S3_RETRY_BACKOFF_S = 0.25
+S3_RETRY_BACKOFF_MAX_S = 2.0
+#: Error codes of a store that is overloaded or briefly failing (worth retrying later).
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "PriorRequestNotComplete",
+}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION_CODES = {"PreconditionFailedError", "412", "ConditionalRequestConflict"}
 
@@ -41,6 +77,11 @@ class StorageError(OSError):
 
 class PreconditionFailedError(StorageError):
     """A conditional write found the object already there (another writer won)."""
+
+
+class TransientStorageError(StorageError):
+    """The store throttled, failed with a 5xx, timed out or dropped the connection: the same
+    operation may well succeed later."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +130,11 @@ class LocalStorage:
 
     def exists(self, uri: str) -> bool:
         return os.path.exists(uri)
+
+    def probe_read(self, uri: str) -> None:
+        """Read the file's first byte: proves read permission without reading it all."""
+        with open(uri, "rb") as fh:
+            fh.read(1)
 
     def delete(self, uri: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -150,26 +196,39 @@ class S3Storage:
         return self._client
 
     def read_bytes(self, uri: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; a body that breaks mid-read is fetched again (see
+        :data:`S3_ATTEMPTS`). Raises :class:`TransientStorageError` when it still cannot."""
         loc = parse_s3(uri)
-        with _translated(uri):
+
+        def read() -> bytes:
             response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
-            size = response.get("ContentLength")
-            if max_bytes is not None and size is not None and size > max_bytes:
-                response["Body"].close()
-                raise ObjectTooLargeError(uri, size, max_bytes)
-            return response["Body"].read()
+            body = response["Body"]
+            try:
+                size = response.get("ContentLength")
+                if max_bytes is not None and size is not None and size > max_bytes:
+                    raise ObjectTooLargeError(uri, size, max_bytes)
+                return body.read()  # botocore checks the length (and checksum, if sent)
+            finally:
+                body.close()
+
+        return self._retrying(uri, "read", read)
 
     def info(self, uri: str) -> ObjectInfo:
         loc = parse_s3(uri)
-        with _translated(uri):
-            head = self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+        head = self._retrying(
+            uri, "head", lambda: self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+        )
         return ObjectInfo(uri, head["ContentLength"], head["ETag"].strip('"'))
 
     def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
         loc = parse_s3(uri)
-        extra = {"IfNoneMatch": "*"} if if_absent else {}
-        with _translated(uri):
-            self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
+        if if_absent:  # botocore's retries only: see S3_ATTEMPTS
+            with _translated(uri):
+                self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, IfNoneMatch="*")
+            return
+        self._retrying(
+            uri, "write", lambda: self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        )
 
     def exists(self, uri: str) -> bool:
         try:
@@ -178,20 +237,33 @@ class S3Storage:
             return False
         return True
 
+    def probe_read(self, uri: str) -> None:
+        """GET the object's first byte: proves ``s3:GetObject`` without downloading it."""
+        loc = parse_s3(uri)
+
+        def probe() -> None:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key, Range="bytes=0-0")
+            response["Body"].read()
+
+        try:
+            self._retrying(uri, "probe", probe)  # a flaky network is not a missing permission
+        except StorageError as exc:
+            if "InvalidRange" not in str(exc):  # an empty object has no first byte
+                raise
+
     def delete(self, uri: str) -> None:
         loc = parse_s3(uri)
-        with _translated(uri):
-            self.client.delete_object(Bucket=loc.bucket, Key=loc.key)
+        self._retrying(
+            uri, "delete", lambda: self.client.delete_object(Bucket=loc.bucket, Key=loc.key)
+        )
 
     def list_folders(self, prefix: str) -> list[str]:
         """Names of the "folders" (common prefixes) directly under ``prefix/``, sorted."""
         loc = parse_s3(prefix.rstrip("/") + "/")
-        paginator = self.client.get_paginator("list_objects_v2")
         names = []
-        with _translated(prefix):
-            for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key, Delimiter="/"):
-                for common in page.get("CommonPrefixes", ()):
-                    names.append(common["Prefix"][len(loc.key) :].rstrip("/"))
+        for page in self._pages(prefix, Bucket=loc.bucket, Prefix=loc.key, Delimiter="/"):
+            for common in page.get("CommonPrefixes", ()):
+                names.append(common["Prefix"][len(loc.key) :].rstrip("/"))
         return sorted(names)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -200,18 +272,71 @@ class S3Storage:
         To list a "folder", end the prefix with ``/``.
         """
         loc = parse_s3(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=loc.bucket, Prefix=loc.key, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
-        )
-        with _translated(prefix):
-            for page in pages:
-                for item in page.get("Contents", ()):
-                    yield ObjectInfo(
-                        f"{S3_SCHEME}{loc.bucket}/{item['Key']}",
-                        item["Size"],
-                        item["ETag"].strip('"'),
-                    )
+        for page in self._pages(prefix, Bucket=loc.bucket, Prefix=loc.key, MaxKeys=LIST_PAGE_SIZE):
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(
+                    f"{S3_SCHEME}{loc.bucket}/{item['Key']}",
+                    item["Size"],
+                    item["ETag"].strip('"'),
+                )
+
+    def _pages(self, prefix: str, **params) -> Iterator[dict]:
+        """ListObjectsV2 pages, each request retried on its own (a long listing does not
+        start over when one page fails)."""
+        token = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._retrying(
+                prefix, "list", lambda extra=extra: self.client.list_objects_v2(**params, **extra)
+            )
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def _retrying(self, uri: str, what: str, call: Callable[[], _T]) -> _T:
+        """``call()`` with errors translated; transient failures retried (:data:`S3_ATTEMPTS`)."""
+        for attempt in range(1, S3_ATTEMPTS + 1):
+            try:
+                with _translated(uri):
+                    return call()
+            except TransientStorageError as exc:
+                if attempt == S3_ATTEMPTS:
+                    raise
+                delay = retry_delay(attempt, S3_RETRY_BACKOFF_S, S3_RETRY_BACKOFF_MAX_S)
+                logger.debug(
+                    "%s of %s failed (%s); try %d of %d in %.2f s",
+                    what,
+                    uri,
+                    exc,
+                    attempt + 1,
+                    S3_ATTEMPTS,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def retry_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Seconds to wait after failed try ``attempt`` (1-based): exponential, capped, with
+    full jitter so that many workers throttled together do not retry together."""
+    return random.uniform(0.0, min(base_s * 2 ** (attempt - 1), max_s))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure the same operation may not meet again later: throttling,
+    a 5xx, a timeout, a dropped connection or a body that broke while being read."""
+    return isinstance(
+        exc,
+        TransientStorageError
+        | BotoConnectionError
+        | HTTPClientError
+        | IncompleteReadError
+        | FlexibleChecksumError
+        | urllib3.exceptions.HTTPError
+        | ConnectionError
+        | TimeoutError,
+    )
 
 
 @contextlib.contextmanager
@@ -235,8 +360,18 @@ def _translated(uri: str):
             raise StorageError(
                 f"access denied to {uri} ({code}); check the credentials and the bucket policy"
             ) from None
+        if code in _TRANSIENT_CODES or (status or 0) >= 500 or status == 429:
+            raise TransientStorageError(
+                f"{uri}: {code or status}: {error.get('Message', exc)}; the store is throttling "
+                "or failing, after botocore's retries (more: --s3-max-attempts); try again later"
+            ) from None
         raise StorageError(f"{uri}: {code or status}: {error.get('Message', exc)}") from None
-    except BotoCoreError as exc:
+    except (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+        if is_transient(exc):
+            raise TransientStorageError(
+                f"{uri}: {exc}; the store is slow or unreachable: check the endpoint "
+                "(--endpoint-url / AWS_ENDPOINT_URL) and network, or try again later"
+            ) from None
         raise StorageError(
             f"{uri}: {exc}; check the endpoint (--endpoint-url / AWS_ENDPOINT_URL) and network"
         ) from None

@@ -7,6 +7,7 @@ import sys
 
 from pipeline.cli.model_options import add_model_arguments, detector_options
 from pipeline.config import (
+    ACTOR_START_TIMEOUT_S,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARDS_PER_ACTOR,
@@ -14,7 +15,8 @@ from pipeline.config import (
     RunConfig,
 )
 from pipeline.plan import DEFAULT_SHARD_SIZE
-from pipeline.s3 import S3Options
+from pipeline.s3 import DEFAULT_MAX_ATTEMPTS as S3_DEFAULT_MAX_ATTEMPTS
+from pipeline.s3 import READ_TIMEOUT_S, S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     io.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
     io.add_argument("--region", help="S3 region (else the AWS configuration)")
+    io.add_argument(
+        "--s3-read-timeout",
+        type=float,
+        default=READ_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"longest wait for the next bytes of an S3 response (default {READ_TIMEOUT_S})",
+    )
+    io.add_argument(
+        "--s3-max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per S3 request, the first included (default: AWS_MAX_ATTEMPTS, else "
+        f"{S3_DEFAULT_MAX_ATTEMPTS}); failed image reads are also retried per image, then "
+        "per shard",
+    )
     add_model_arguments(parser)
     res = parser.add_argument_group("resources")
     res.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -54,6 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     res.add_argument("--max-image-bytes", type=int, help="larger objects become error rows")
     res.add_argument("--max-image-pixels", type=int, help="larger images become error rows")
     res.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else local)")
+    res.add_argument(
+        "--actor-start-timeout",
+        type=float,
+        default=ACTOR_START_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long an actor may take to be placed and load the model before the run goes "
+        "on without it (or stops, if no actor started)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     parser.set_defaults(func=run)
 
@@ -74,12 +99,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_attempts=args.max_attempts,
         shards_per_actor=args.shards_per_actor,
         ray_address=args.address,
-        s3=S3Options(endpoint_url=args.endpoint_url, region=args.region),
+        s3=S3Options(
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            max_attempts=args.s3_max_attempts,
+            read_timeout_s=args.s3_read_timeout,
+        ),
         precision=args.precision,
         resume=args.resume is not None,
         run_id=resume_id,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
+        actor_start_timeout_s=args.actor_start_timeout,
     )
 
 
