@@ -50,6 +50,11 @@ class RunConfig:
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
     actor_start_timeout_s: float = ACTOR_START_TIMEOUT_S
+    #: The job this run belongs to (from a job spec); names its lease and its run records.
+    job_name: str | None = None
+    #: Process only objects that are new or changed (URI + ETag) since the output's earlier
+    #: committed runs.
+    incremental: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the accepted values."""
