@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -246,10 +248,20 @@ HEALTH_CHECK_FAILURES = 3
 
 
 @pytest.fixture
-def two_node_cluster():
-    """A Ray head (1 CPU) and one worker node (1 CPU) on this machine."""
+def two_node_cluster(monkeypatch):
+    """A Ray head (1 CPU) and one worker node (1 CPU) on this machine, token auth on.
+
+    The token is the user's default one (``~/.ray/auth_token``, made if missing with Ray's
+    own ``ray get-auth-token --generate``), which every process here reads.
+    """
+    from ray._raylet import Config
     from ray.cluster_utils import Cluster
 
+    ray_cli = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True)
+    # Ray reads its auth mode once per process: refresh it after setting it, as Ray does.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    Config.initialize("")
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -289,7 +301,10 @@ def test_worker_node_lost_mid_run_completes_on_the_remaining_node(
         "--address",
         cluster.address,
     )
-    run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
+    env = cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S})
+    # Joining a cluster by address needs the mode and the token, as Ray documents.
+    env["RAY_AUTH_MODE"] = "token"
+    run = cli.start(args, env)
 
     def busy_on_worker():
         actor = busy_actor_on(worker)
