@@ -4,19 +4,23 @@ Lifecycle of :func:`run`:
 
 1. **Preflight**: the source can be read, the output written, and the output is not inside
    the source.
-2. **Run identity**: a new run id, or on ``resume`` the given / latest run, whose model and
+2. **Lease** (:mod:`pipeline.lease`): one run at a time per output; a second run (or a
+   resume) exits naming the holder. Renewed in the background, released at the end.
+3. **Run identity**: a new run id, or on ``resume`` the given / latest run, whose model and
    inference settings must match this invocation's.
-3. **Plan** (:mod:`pipeline.plan`), unless the resumed run's plan is complete.
-4. **Actors**: one :class:`~pipeline.actor.DetectorActor` per slot, the model's weights shipped
+4. **Plan** (:mod:`pipeline.plan`), unless the resumed run's plan is complete. An incremental
+   run plans only the objects new or changed since earlier runs of the same source
+   (:mod:`pipeline.incremental`); when there are none it ends here, without starting Ray.
+5. **Actors**: one :class:`~pipeline.actor.DetectorActor` per slot, the model's weights shipped
    once through the Ray object store.
-5. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``); the driver
+6. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``); the driver
    tracks its own actors (not ``ray.util.ActorPool``, which keeps picking a dead actor). A
    shard whose task raised is retried on any live actor after a backoff, up to
    ``max_attempts``; a dead actor is replaced and its shards requeued (a preempted node's
    shard does not use up an attempt). A shard out of attempts is marked failed; the rest go on.
-6. **Commit**: after a shard's files are written, its commit marker; readers see only
+7. **Commit**: after a shard's files are written, its commit marker; readers see only
    committed shards.
-7. **Finish**: the run record and ``_status.json`` get the outcome; exit code 0, 2 (failed
+8. **Finish**: the run record and ``_status.json`` get the outcome; exit code 0, 2 (failed
    shards) or 130 (interrupted: in-flight shards stay uncommitted, resumable).
 """
 
@@ -35,12 +39,14 @@ from dataclasses import asdict, dataclass, field
 import ray
 import ray.exceptions
 
-from pipeline import faults
+from pipeline import faults, query
 from pipeline.actor import ActorConfig, DetectorActor, ShardResult, ShardTask
 from pipeline.config import RunConfig
 from pipeline.errors import RunError
 from pipeline.faults import FAULTS_ENV
+from pipeline.incremental import Delta
 from pipeline.layout import OutputLayout
+from pipeline.lease import Lease
 from pipeline.ledger import (
     RUN_FAILED_SHARDS,
     RUN_INTERRUPTED,
@@ -84,6 +90,8 @@ class RunOutcome:
     exit_code: int
     progress: RunProgress
     processed_shards: list[int] = field(default_factory=list)
+    #: A few words on what an incremental run found (``None`` for a full run).
+    note: str | None = None
 
 
 @dataclass
@@ -127,7 +135,20 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
     except (ValueError, FileNotFoundError) as exc:
         raise RunError(f"cannot use the source {source_uri}: {exc}") from None
     _preflight(source, source_uri, output_uri, storage, config.s3)
+    lease = Lease(storage, output_uri, job=config.job_name)
+    lease.acquire()
+    try:
+        return _run_holding_lease(
+            config, source, source_uri, output_uri, storage, layout, ledger, lease,
+            reporter_stream=reporter_stream, bar=bar,
+        )  # fmt: skip
+    finally:
+        lease.release()
 
+
+def _run_holding_lease(
+    config, source, source_uri, output_uri, storage, layout, ledger, lease, *, reporter_stream, bar
+) -> RunOutcome:
     spec, weights = resolve_model(
         model=config.model.name,
         cfg=config.model.cfg,
@@ -137,10 +158,12 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
         s3_options=config.s3,
     )
     record = _open_run(config, ledger, spec, source_uri, output_uri)
+    lease.set_run_id(record.run_id)
     progress = RunProgress(record.run_id)
     reporter = ProgressReporter(
         progress, storage=storage, status_uri=layout.status, stream=reporter_stream, bar=bar
     )
+    processed: list[int] = []
     try:
         plan = read_plan_summary(storage, layout, record.run_id) if config.resume else None
         if plan is None:
@@ -149,10 +172,10 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
             def on_shard(shards: int, images: int) -> None:
                 progress.shards_total, progress.images_total = shards, images
                 reporter.tick()
+                lease.check()
                 faults.after_plan_shard()
 
-            plan = write_plan(
-                source.iter_objects(),
+            plan_args = dict(
                 storage=storage,
                 layout=layout,
                 run_id=record.run_id,
@@ -160,14 +183,24 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
                 shard_size=config.shard_size,
                 on_shard=on_shard,
             )
+            if config.incremental:
+                progress.state = "comparing with earlier runs"
+                reporter.tick(force=True)
+                plan = _plan_incremental(config, source, source_uri, ledger, record, plan_args)
+            else:
+                plan = write_plan(source.iter_objects(), **plan_args)
+        lease.check()
         record.num_shards, record.num_images = plan.num_shards, plan.num_images
-        if plan.num_images == 0:
+        if plan.num_images == 0 and not record.incremental:
             logger.warning("the source %s holds no images; check the URI", source_uri)
             record.message = f"the source {source_uri} holds no images; check the URI"
         progress.shards_total, progress.images_total = plan.num_shards, plan.num_images
         ledger.write_run(record)
-        dispatcher = _Dispatcher(config, spec, weights, plan, ledger, progress, reporter)
-        processed = dispatcher.run()
+        if plan.num_shards:
+            dispatcher = _Dispatcher(
+                config, spec, weights, plan, ledger, progress, reporter, lease=lease
+            )
+            processed = dispatcher.run()
     except KeyboardInterrupt:
         progress.state = RUN_INTERRUPTED
         _finish(record, progress, ledger, RUN_INTERRUPTED, "interrupted; resume with --resume")
@@ -189,7 +222,59 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
     _finish(record, progress, ledger, status, message or record.message)
     reporter.close()
     code = EXIT_FAILED_SHARDS if progress.shards_failed else EXIT_OK
-    return RunOutcome(record.run_id, code, progress, processed)
+    return RunOutcome(record.run_id, code, progress, processed, note=_delta_note(record))
+
+
+def _plan_incremental(config, source, source_uri, ledger, record, plan_args) -> PlanSummary:
+    """Plan only the objects that are new or changed since earlier runs of the same source,
+    and write the deleted objects' tombstones; the counts go into ``record``."""
+    earlier = _earlier_runs(ledger, record.run_id, source_uri)
+    connection = query.connect(ledger.layout.root, config.s3)
+    started = time.perf_counter()
+    with Delta(connection, source.iter_objects(), earlier) as delta:
+        counts = delta.counts
+        logger.info(
+            "compared %d listed objects with %d earlier run(s) in %.1f s: %s",
+            counts.objects_listed,
+            len(earlier),
+            time.perf_counter() - started,
+            counts.summary(),
+        )
+        record.incremental = True
+        for name, value in counts.as_dict().items():
+            setattr(record, name, value)
+        if not counts.to_process:
+            record.message = f"nothing new or changed to process ({counts.summary()})"
+        ledger.write_run(record)
+        delta.write_tombstones(ledger.storage, ledger.layout.root, record.run_id)
+        return write_plan(delta.objects(), **plan_args)
+
+
+def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
+    """Ids of the runs before ``run_id`` that read ``source_uri``."""
+    ids = [rid for rid in ledger.run_ids() if rid < run_id]
+
+    def same_source(rid: str) -> bool:
+        try:
+            return ledger.read_run(rid).source == source_uri
+        except (FileNotFoundError, ValueError, TypeError):  # a run record half written
+            return False
+
+    with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+        keep = list(pool.map(same_source, ids))
+    return [rid for rid, ok in zip(ids, keep, strict=True) if ok]
+
+
+def _delta_note(record: RunRecord) -> str | None:
+    """A few words for the one-line summary of an incremental run."""
+    if not record.incremental:
+        return None
+    if not record.num_images:
+        return "nothing new or changed"
+    return (
+        f"incremental: {record.objects_new} new, {record.objects_changed} changed, "
+        f"{record.objects_retried} retried, {record.objects_deleted} deleted"
+    )
 
 
 # --------------------------------------------------------------------------- stages
@@ -320,7 +405,10 @@ def _finish(record, progress, ledger, status, message) -> None:
 
 # --------------------------------------------------------------------------- dispatch
 class _Dispatcher:
-    def __init__(self, config, spec, weights, plan: PlanSummary, ledger, progress, reporter):
+    def __init__(
+        self, config, spec, weights, plan: PlanSummary, ledger, progress, reporter, *, lease=None
+    ):
+        self.lease = lease
         self.config = config
         self.spec = spec
         self.plan = plan
@@ -485,6 +573,8 @@ class _Dispatcher:
     # ------------------------------------------------------------------ loop
     def _loop(self, queue: collections.deque) -> None:
         while queue or any(slot.in_flight for slot in self.slots):
+            if self.lease is not None:
+                self.lease.check()
             self._check_start_deadlines()
             self._fill(queue)
             refs = {ref: slot for slot in self.slots for ref in slot.in_flight}
@@ -652,8 +742,9 @@ def _init_ray(config: RunConfig) -> None:
     authentication left on (Ray's ports listen on the machine's interfaces; without a token
     anyone who reaches them could run code as this user).
 
-    A cluster that is joined keeps its own settings: its token comes from ``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as Ray documents.
+    A cluster that is joined keeps its own settings: for one with tokens on, Ray needs
+    ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) when the address is given explicitly.
     """
     if ray.is_initialized():
         return

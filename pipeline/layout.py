@@ -4,6 +4,8 @@
 
     OUTPUT/
       _status.json                              progress of the latest run (refreshed)
+      _lease.json                               the running run's lease (one run at a time)
+      _deleted/RUN_ID/part-000000.parquet       tombstones: objects an incremental run found gone
       _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
       _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
       _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order

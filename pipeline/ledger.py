@@ -80,6 +80,15 @@ class RunRecord:
     detections: int = 0
     images_per_second: float | None = None
     message: str | None = None
+    #: Incremental runs only (``--incremental``): the listing compared with earlier runs of the
+    #: same source (see :mod:`pipeline.incremental`); ``None`` for a full run.
+    incremental: bool = False
+    objects_listed: int | None = None
+    objects_new: int | None = None
+    objects_changed: int | None = None
+    objects_retried: int | None = None
+    objects_unchanged: int | None = None
+    objects_deleted: int | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()

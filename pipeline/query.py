@@ -3,7 +3,10 @@
 Views:
 
 - ``images``, ``detections``: the latest committed result per image (the newest run that
-  processed it); ``all_images``, ``all_detections``: every committed row of every run.
+  processed it), leaving out images whose latest event is a deletion recorded by an incremental
+  run (:mod:`pipeline.incremental`); ``all_images``, ``all_detections``: every committed row of
+  every run.
+- ``tombstones``: ``image_uri``, ``run_id`` of the objects incremental runs found deleted.
 - ``runs``: one row per run record.
 
 Only files named by commit markers are read, so partial or retried shards never show. Parquet
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from pipeline.incremental import TOMBSTONE_SCHEMA, deleted_dir
 from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
 from pipeline.ledger import Ledger
 from pipeline.s3 import DEFAULT_REGION, S3Options
@@ -37,7 +41,13 @@ RUNS_COLUMNS = (
     "run_id", "status", "source", "output", "model", "weights_sha256", "created_at",
     "started_at", "finished_at", "resumed", "num_shards", "num_images", "shards_committed",
     "shards_failed", "images_ok", "images_error", "detections", "images_per_second", "message",
-    "config",
+    "config", "incremental", "objects_listed", "objects_new", "objects_changed",
+    "objects_retried", "objects_unchanged", "objects_deleted",
+)  # fmt: skip
+#: Run-record counts of incremental runs (``NULL`` for full runs).
+_DELTA_COLUMNS = (
+    "objects_listed", "objects_new", "objects_changed", "objects_retried", "objects_unchanged",
+    "objects_deleted",
 )  # fmt: skip
 
 
@@ -51,6 +61,17 @@ def committed_files(output: str, s3_options: S3Options | None = None) -> dict[st
             for table, uri in ledger.data_files(run_id, marker).items():
                 files[table].append(uri)
     return files
+
+
+def tombstone_files(output: str, s3_options: S3Options | None = None) -> list[str]:
+    """URIs of every tombstone file under ``output`` (one listing of ``_deleted/``)."""
+    output = normalize(output)
+    storage = storage_for(output, s3_options)
+    return [
+        info.uri
+        for info in storage.list(deleted_dir(output) + "/")
+        if info.uri.endswith(".parquet") and "/." not in info.uri
+    ]
 
 
 def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPyConnection:
@@ -70,13 +91,23 @@ def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPy
         )
         con.register(f"all_{table}_arrow", dataset)
         con.execute(f"CREATE VIEW all_{table} AS SELECT * FROM all_{table}_arrow")
+    paths = [_fs_path(uri) for uri in tombstone_files(output, s3_options)]
+    tombstones = (
+        ds.dataset(paths, schema=TOMBSTONE_SCHEMA, format="parquet", filesystem=filesystem)
+        if paths
+        else TOMBSTONE_SCHEMA.empty_table()
+    )
+    con.register("tombstones_arrow", tombstones)
+    con.execute("CREATE VIEW tombstones AS SELECT * FROM tombstones_arrow")
     con.execute(
         """
         CREATE VIEW images AS
         SELECT * EXCLUDE (_rank) FROM (
             SELECT *, row_number() OVER (PARTITION BY image_uri ORDER BY run_id DESC) AS _rank
             FROM all_images
-        ) WHERE _rank = 1
+        ) i WHERE _rank = 1 AND NOT EXISTS (
+            SELECT 1 FROM tombstones t WHERE t.image_uri = i.image_uri AND t.run_id > i.run_id
+        )
         """
     )
     con.execute(
@@ -134,6 +165,8 @@ def _runs_table(ledger: Ledger) -> pa.Table:
         "images_error": pa.int64(),
         "detections": pa.int64(),
         "images_per_second": pa.float64(),
+        "incremental": pa.bool_(),
+        **{name: pa.int64() for name in _DELTA_COLUMNS},
     }
     columns = {}
     for name in RUNS_COLUMNS:

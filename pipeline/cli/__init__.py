@@ -25,7 +25,17 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.cli import detect_cmd, query_cmd, run_cmd, status_cmd, weights_cmd
+    from pipeline.cli import (
+        detect_cmd,
+        eval_cmd,
+        export_cmd,
+        jobs_cmd,
+        query_cmd,
+        report_cmd,
+        run_cmd,
+        status_cmd,
+        weights_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="yolo-batch",
@@ -34,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in (detect_cmd, run_cmd, status_cmd, query_cmd, weights_cmd):
+    for module in (
+        detect_cmd,
+        run_cmd,
+        status_cmd,
+        query_cmd,
+        weights_cmd,
+        report_cmd,
+        jobs_cmd,
+        export_cmd,
+        eval_cmd,
+    ):
         module.register(subparsers)
     return parser
 

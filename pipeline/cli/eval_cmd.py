@@ -1,0 +1,75 @@
+"""``yolo-batch eval OUTPUT --ground-truth COCO_JSON``: COCO mAP of the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from pipeline.cli.query_cmd import format_table
+from pipeline.evaluate import IOU_TYPES, MATCH_AUTO, MATCH_MODES, evaluate
+from pipeline.s3 import S3Options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="COCO mAP of the results against a ground-truth COCO JSON",
+        description=(
+            "Evaluate the latest committed detections against ground truth in COCO format "
+            "with pycocotools: AP over IoU 0.50:0.95 and AP at IoU 0.50, per category and "
+            "overall. Ground-truth images are matched to results by URI or file name; "
+            "categories by name (darknet spellings mapped to COCO's)."
+        ),
+    )
+    parser.add_argument("output", help="the results (s3://bucket/prefix or folder)")
+    parser.add_argument(
+        "--ground-truth", required=True, help="COCO instances JSON (local path or s3:// URI)"
+    )
+    parser.add_argument("--iou-type", choices=IOU_TYPES, default="bbox")
+    parser.add_argument(
+        "--match",
+        choices=MATCH_MODES,
+        default=MATCH_AUTO,
+        help="match file_name to image URIs exactly (uri), by file name (basename) or auto",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate(
+        args.output,
+        args.ground_truth,
+        match=args.match,
+        iou_type=args.iou_type,
+        s3_options=S3Options(endpoint_url=args.endpoint_url),
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    columns = ["category", "id", "model_class", "gt", "detections", "AP", "AP50"]
+    rows = [
+        {
+            "category": c.name,
+            "id": c.category_id,
+            "model_class": c.model_class,
+            "gt": c.num_ground_truth,
+            "detections": c.num_detections,
+            "AP": _score(c.ap),
+            "AP50": _score(c.ap50),
+        }
+        for c in result.classes
+    ]
+    print(format_table(columns, rows))
+    print(
+        f"mAP@[.5:.95] {_score(result.ap)}  mAP@.5 {_score(result.ap50)}  "
+        f"({result.images_evaluated} images evaluated, matched by {result.match}; "
+        f"{result.ground_truth_images_unmatched} ground-truth images without results)"
+    )
+    return 0
+
+
+def _score(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"

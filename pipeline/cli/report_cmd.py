@@ -1,0 +1,50 @@
+"""``yolo-batch report OUTPUT --out report.html``: one self-contained HTML page about a run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.report import write_report
+from pipeline.report.data import DEFAULT_SAMPLES
+from pipeline.s3 import S3Options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="one self-contained HTML page about a run: summary, charts, errors, samples",
+        description=(
+            "Write one HTML file (no external resources) describing a run of OUTPUT: summary, "
+            "class distribution, score and detections-per-image histograms, throughput over "
+            "the run, the errors by reason, and sample images with their boxes drawn."
+        ),
+    )
+    parser.add_argument("output", help="the results (s3://bucket/prefix or folder)")
+    parser.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    parser.add_argument("--run", help="a run id (default: the latest)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"sample images in the gallery (default {DEFAULT_SAMPLES}; 0 for none)",
+    )
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    data = write_report(
+        args.output,
+        args.out,
+        run_id=args.run,
+        samples=args.samples,
+        s3_options=S3Options(endpoint_url=args.endpoint_url),
+    )
+    size_kb = os.path.getsize(args.out) / 1024
+    print(
+        f"wrote {args.out} ({size_kb:,.0f} KB): run {data.run['run_id']}, "
+        f"{data.images_total:,} images, {data.detections_total:,} detections, "
+        f"{len(data.samples)} samples"
+    )
+    return 0
