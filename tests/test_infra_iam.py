@@ -34,6 +34,8 @@ OPERATIONS: dict[str, tuple[set[str], bool]] = {
     "list_objects_v2": ({"s3:ListBucket"}, False),
     "list_objects": ({"s3:ListBucket"}, False),
     "put_object": ({"s3:PutObject"}, True),
+    # Multipart uploads (exports to s3://) need PutObject, and AbortMultipartUpload to clean up.
+    "upload_file": ({"s3:PutObject", "s3:AbortMultipartUpload"}, True),
     "delete_object": ({"s3:DeleteObject"}, True),
     "delete_objects": ({"s3:DeleteObject"}, True),
 }
