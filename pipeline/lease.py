@@ -142,7 +142,7 @@ class Lease:
             self.body.acquired_at = self.body.renewed_at = now
             self.body.expires_at = now + self.ttl_s
             try:
-                self.storage.write_bytes(self.uri, self.body.to_json(), if_absent=True)
+                self._create(self.uri)
             except PreconditionFailedError:
                 current = self._read()
                 if current is None:
@@ -171,7 +171,7 @@ class Lease:
         caller re-reads the lease and reports its holder)."""
         marker = self.uri + TAKEOVER_SUFFIX + expired.token
         try:
-            self.storage.write_bytes(marker, self.body.to_json(), if_absent=True)
+            self._create(marker)
         except PreconditionFailedError:
             return False  # another run is taking this lease over
         try:
@@ -191,7 +191,7 @@ class Lease:
             self.body.acquired_at = self.body.renewed_at = now
             self.body.expires_at = now + self.ttl_s
             try:
-                self.storage.write_bytes(self.uri, self.body.to_json(), if_absent=True)
+                self._create(self.uri)
             except PreconditionFailedError:
                 return False  # a fresh run took it after the delete
             return True
@@ -200,6 +200,24 @@ class Lease:
                 self.storage.delete(marker)
             except (StorageError, OSError) as exc:  # harmless: it names a lease now gone
                 logger.warning("could not delete the takeover marker %s: %s", marker, exc)
+
+    def _create(self, uri: str) -> None:
+        """Create ``uri`` holding this lease's body, only if absent.
+
+        Raises :class:`PreconditionFailedError` when another writer's object is there. A
+        create whose reply was lost is retried by the S3 client and then meets its own object
+        (412): the token in the body tells ours from someone else's.
+        """
+        try:
+            self.storage.write_bytes(uri, self.body.to_json(), if_absent=True)
+        except PreconditionFailedError:
+            try:
+                mine = LeaseBody.from_json(self.storage.read_bytes(uri)).token == self.body.token
+            except (FileNotFoundError, ValueError, TypeError):
+                mine = False
+            if not mine:
+                raise
+            logger.info("%s: our create succeeded although its reply was lost", uri)
 
     def set_run_id(self, run_id: str) -> None:
         """Name the run in the lease (known only after the lease is taken); renews it."""

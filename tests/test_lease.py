@@ -244,3 +244,23 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path: Pa
     storage.write_bytes(f"{uri}/{LEASE_FILE}", json.dumps(body).encode())
     with Lease(storage, uri, ttl_s=TTL_S) as lease:
         assert read_lease(storage, uri).token == lease.body.token
+
+
+def test_a_create_whose_reply_was_lost_is_recognised_as_ours(s3_env, s3_prefix):
+    """The proxy lets the lease PUT through, then resets the connection: the client retries
+    it, meets its own object (412) and must still hold the lease, not report itself."""
+    from infra.local.fault_proxy import RESET, WRITE_METHODS, FaultProxy, FaultRule
+    from pipeline.s3 import S3Options
+
+    with FaultProxy(s3_env.endpoint_url, seed=7) as proxy:
+        proxy.set_faults(FaultRule(RESET, 0.0, methods=WRITE_METHODS, keys=("_lease",), first=1))
+        storage = S3Storage(S3Options(endpoint_url=proxy.endpoint_url))
+        lease = Lease(storage, s3_prefix + "out", ttl_s=30)
+        lease.acquire()
+        try:
+            assert proxy.stats().injected(RESET) == 1
+            held = read_lease(storage, s3_prefix + "out")
+            assert held is not None and held.token == lease.body.token
+        finally:
+            lease.release()
+    assert read_lease(S3Storage(), s3_prefix + "out") is None
