@@ -45,7 +45,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import RunError
 from pipeline.faults import FAULTS_ENV
 from pipeline.incremental import Delta
-from pipeline.layout import OutputLayout
+from pipeline.layout import IMAGES_TABLE, OutputLayout
 from pipeline.lease import Lease
 from pipeline.ledger import (
     RUN_FAILED_SHARDS,
@@ -231,7 +231,19 @@ def _plan_incremental(config, source, source_uri, ledger, record, plan_args) -> 
     earlier = _earlier_runs(ledger, record.run_id, source_uri)
     connection = query.connect(ledger.layout.root, config.s3)
     started = time.perf_counter()
-    with Delta(connection, source.iter_objects(), earlier) as delta:
+    runs = {f"/run_id={run_id}/" for run_id in earlier}
+    earlier_files = [
+        uri
+        for uri in query.committed_files(ledger.layout.root, config.s3)[IMAGES_TABLE]
+        if any(part in uri for part in runs)
+    ]
+    with Delta(
+        connection,
+        source.iter_objects(),
+        earlier,
+        earlier_files=earlier_files,
+        storage=ledger.storage,
+    ) as delta:
         counts = delta.counts
         logger.info(
             "compared %d listed objects with %d earlier run(s) in %.1f s: %s",

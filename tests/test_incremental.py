@@ -284,3 +284,55 @@ def _keys(client, bucket: str, prefix: str) -> set[str]:
     """Keys directly under ``prefix`` (relative)."""
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
     return {item["Key"][len(prefix) :] for item in listed.get("Contents", ())}
+
+
+@pytest.mark.parametrize("where", ["local files", "s3 files", "local path with glob chars"])
+def test_delta_reads_committed_files_itself_with_the_same_answer(where, tmp_path, request):
+    """The driver hands the delta the committed files (DuckDB reads local ones itself; S3
+    ones are copied first): the answer must equal the one over the ``all_images`` view."""
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import LocalStorage, S3Storage
+
+    earlier = [
+        ("s3://b/same.jpg", "e1", "ok", None, RUN_1),
+        ("s3://b/changed.jpg", "old", "ok", None, RUN_1),
+        ("s3://b/gone.jpg", "e3", "ok", None, RUN_1),
+        ("s3://b/missing-then.jpg", "e6", "error", "not found", RUN_1),
+        ("s3://b/twice.jpg", "v1", "ok", None, RUN_1),
+        ("s3://b/twice.jpg", "v2", "ok", None, RUN_2),
+    ]
+    now = listing(
+        ("s3://b/new.jpg", "n1"),
+        ("s3://b/same.jpg", "e1"),
+        ("s3://b/changed.jpg", "new"),
+        ("s3://b/missing-then.jpg", "e6"),
+        ("s3://b/twice.jpg", "v1"),
+    )
+    with Delta(connection(earlier), now, [RUN_1, RUN_2]) as delta:
+        expected = (delta.counts.as_dict(), [o.uri for o in delta.objects()])
+
+    folder = tmp_path / ("glob [x]" if "glob" in where else "out")
+    folder.mkdir()
+    paths = []
+    for run in (RUN_1, RUN_2):
+        path = folder / f"run_id={run}.parquet"
+        rows = [r for r in earlier if r[4] == run]
+        names = ("image_uri", "etag", "status", "error", "run_id")
+        pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}), path)
+        paths.append(str(path))
+    storage = LocalStorage()
+    if where == "s3 files":
+        request.getfixturevalue("s3_env")
+        prefix = request.getfixturevalue("s3_prefix")
+        storage = S3Storage()
+        uris = []
+        for path in paths:
+            uri = f"{prefix}images/{Path(path).name}"
+            storage.write_bytes(uri, Path(path).read_bytes())
+            uris.append(uri)
+        paths = uris
+    with Delta(connection([]), now, [RUN_1, RUN_2], earlier_files=paths, storage=storage) as delta:
+        got = (delta.counts.as_dict(), [o.uri for o in delta.objects()])
+    assert got == expected
+    assert expected[0]["objects_deleted"] == 1 and expected[0]["objects_changed"] == 2
