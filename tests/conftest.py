@@ -45,6 +45,23 @@ def sample_images(weights_cache: Path) -> list[Path]:
     return fetch_sample_images(cache=weights_cache)
 
 
+@pytest.fixture(scope="session")
+def cache(tiny_weights_path: Path) -> Path:
+    """The weights cache the session fixtures filled: the CLI finds yolov4-tiny there."""
+    return tiny_weights_path.parent
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Starts ``yolo-batch`` subprocesses (:class:`tests.test_pipeline_e2e.CliRunner`); kills
+    any still running, and the Ray processes they started, when the test ends."""
+    from tests.test_pipeline_e2e import CliRunner
+
+    runner = CliRunner(tmp_path / "cli-logs")
+    yield runner
+    runner.close()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the reliability outcomes when ``YOLO_BATCH_RELIABILITY_OUT`` asks for them."""
     from tests.reliability import write_session_results

@@ -26,7 +26,6 @@ from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
     QUICK_TIMEOUT_S,
     Cli,
-    CliRunner,
     Input,
     cli_env,
     run_args,
@@ -64,13 +63,6 @@ def eval_run(tiny_weights_path, sample_images, tmp_path_factory):
     detections = query(str(output), "SELECT * FROM detections ORDER BY score DESC").to_pylist()
     assert {d["class_name"] for d in detections} >= {"person", "bus"}
     return cache, output, images, detections
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 def ground_truth(images, boxes, *, basename: bool) -> dict:

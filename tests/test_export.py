@@ -40,7 +40,6 @@ from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
     QUICK_TIMEOUT_S,
     Cli,
-    CliRunner,
     Input,
     cli_env,
     run_args,
@@ -87,11 +86,6 @@ EXPORT_INPUTS = (
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture(scope="module")
 def export_run(sample_images, cache, tmp_path_factory):
     """``yolo-batch run`` over EXPORT_INPUTS into a local output; returns (output, tables)."""
     root = tmp_path_factory.mktemp("export-run")
@@ -107,13 +101,6 @@ def export_run(sample_images, cache, tmp_path_factory):
     detections = query(str(output), "SELECT * FROM detections").to_pylist()
     assert sum(r["status"] == "ok" for r in images) == 4 and len(detections) > 0
     return output, images, detections
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 def export(cli, cache, output, fmt, dest, *extra, s3=None):

@@ -97,11 +97,6 @@ def corpus(sample_images: list[Path]) -> list[Hostile]:
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture(scope="module")
 def references(cache: Path, sample_images: list[Path], corpus: list[Hostile]) -> dict:
     """``Detector.detect`` in this process: ``{photo index or corpus name: detections}``.
 

@@ -25,7 +25,6 @@ from pipeline.plan import PlannedObject
 from pipeline.query import query
 from pipeline.schema import IMAGES_SCHEMA
 from tests.test_pipeline_e2e import cli_env, run_args
-from tests.test_pipeline_faults import CliRunner
 
 RUN_1 = "20260101T000000Z-aaaaaa"
 RUN_2 = "20260102T000000Z-bbbbbb"
@@ -163,18 +162,6 @@ def test_delta_streams_listings_larger_than_one_batch(monkeypatch, tmp_path: Pat
 # --------------------------------------------------------------------------- end to end
 
 N, M, K, D = 6, 2, 2, 1
-
-
-@pytest.fixture
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 def _record(client, bucket: str, output_key: str, run_id: str) -> dict:

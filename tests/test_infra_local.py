@@ -19,12 +19,6 @@ from tests.test_pipeline_e2e import CliRunner, cli_env, run_args
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    """The test run's weights cache: the CLI finds yolov4-tiny there and downloads nothing."""
-    return tiny_weights_path.parent
-
-
 def store(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "infra.local.dev_store", "--dir", str(state_dir), *args],

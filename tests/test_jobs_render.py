@@ -29,7 +29,6 @@ from tests.test_jobs_spec import write_spec
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
     RUN_TIMEOUT_S,
-    CliRunner,
     Input,
     assert_one_line_error,
     cli_env,
@@ -40,18 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 NIGHTLY = REPO / "jobs" / "nightly-s3.yaml"
 IMAGE = "registry.example.com/team/yolo-batch:9.9.9-cpu"
 WORKER_IMAGE = "registry.example.com/team/yolo-batch:9.9.9-gpu"
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
 
 
 def render(cli, cache, tmp_path, spec, *extra) -> list[dict]:

@@ -23,7 +23,6 @@ from pipeline.jobspec import JobSpecError, load_spec
 from pipeline.query import query
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
-    CliRunner,
     Input,
     assert_one_line_error,
     assert_run_results,
@@ -40,21 +39,8 @@ FAKE_SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY12"
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    """The weights cache the session fixtures filled: the CLI finds its weights there."""
-    return tiny_weights_path.parent
-
-
-@pytest.fixture(scope="module")
 def reference(cache: Path, sample_images: list[Path]) -> list[list[tuple]]:
     return reference_detections(cache, sample_images)
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 def write_spec(folder: Path, data: dict, name: str = "job.yaml") -> Path:

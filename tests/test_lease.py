@@ -26,7 +26,7 @@ from pipeline.lease import LEASE_FILE, Lease, LeaseHeldError, LeaseLostError, re
 from pipeline.storage import LocalStorage, S3Storage
 from tests.reliability import Outcome, record
 from tests.test_pipeline_e2e import QUICK_TIMEOUT_S, Input, cli_env, run_args, write_local_source
-from tests.test_pipeline_faults import CliRunner, commits, wait_for
+from tests.test_pipeline_faults import commits, wait_for
 
 TTL_S = 30.0
 TAKERS = 8
@@ -135,18 +135,6 @@ def test_holder_notices_its_lease_was_taken_over(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- the CLI
-
-
-@pytest.fixture
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 def test_concurrent_runs_of_one_output_one_proceeds_and_ctrl_c_releases(

@@ -268,13 +268,6 @@ class CliRunner:
             proc.kill_tree(grace_s=5.0)
 
 
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
-
-
 def run_args(source, output, *extra) -> list[str]:
     return ["run", "--source", str(source), "--output", str(output), "--no-progress", *extra]
 
@@ -294,12 +287,6 @@ def reference_detections(cache: Path, sample_images: list[Path]) -> list[list[tu
 @pytest.fixture(scope="module")
 def reference(tiny_weights_path: Path, sample_images: list[Path]) -> list[list[tuple]]:
     return reference_detections(tiny_weights_path.parent, sample_images)
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    """The weights cache the session fixtures filled: the CLI finds its weights there."""
-    return tiny_weights_path.parent
 
 
 def assert_same_detections(got: list[dict], expected: list[tuple], where: str) -> None:

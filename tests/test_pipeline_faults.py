@@ -25,7 +25,6 @@ import pytest
 from pipeline.query import query
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
-    CliRunner,
     Input,
     assert_run_results,
     cli_env,
@@ -61,18 +60,6 @@ NUM_SHARDS = 4
 @pytest.fixture(scope="module")
 def reference(tiny_weights_path: Path, sample_images: list[Path]) -> list[list[tuple]]:
     return reference_detections(tiny_weights_path.parent, sample_images)
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 @pytest.fixture

@@ -16,18 +16,10 @@ from infra.local.object_store import free_ports
 from tests.reliability import Outcome, record
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
-    CliRunner,
     assert_one_line_error,
     cli_env,
     run_args,
 )
-
-
-@pytest.fixture
-def cli(tmp_path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 @pytest.fixture

@@ -35,13 +35,11 @@ from pipeline.query import query
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import Input, assert_run_results, cli_env, run_args, write_local_source
 from tests.test_pipeline_e2e import psutil as ps
-from tests.test_pipeline_faults import (  # noqa: F401  (fixtures: cache, cli, job, reference)
+from tests.test_pipeline_faults import (  # noqa: F401  (fixtures: job, reference)
     FAULT_INPUTS,
     NUM_SHARDS,
     SHARD_SIZE,
     assert_complete,
-    cache,
-    cli,
     commits,
     job,
     reference,

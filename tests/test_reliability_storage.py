@@ -50,7 +50,6 @@ from pipeline.storage import S3Storage, TransientStorageError
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import (
     RUN_TIMEOUT_S,
-    CliRunner,
     Input,
     assert_run_results,
     cli_env,
@@ -80,18 +79,6 @@ LONG_RATES = (0.3, 0.5)
 @pytest.fixture(scope="module")
 def reference(tiny_weights_path: Path, sample_images: list[Path]) -> list[list[tuple]]:
     return reference_detections(tiny_weights_path.parent, sample_images)
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_weights_path: Path) -> Path:
-    return tiny_weights_path.parent
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 @pytest.fixture

@@ -43,13 +43,12 @@ from pipeline.report.data import (
     collect,
 )
 from pipeline.report.gallery import THUMBNAIL_LONG_SIDE, Sample, SampleBox, resize_for_thumbnail
-from tests.test_pipeline_e2e import (  # noqa: F401  (cache is a fixture)
+from tests.test_pipeline_e2e import (
     ERROR_EMPTY,
     ERROR_NOT_AN_IMAGE,
     ERROR_TRUNCATED,
     Cli,
     Input,
-    cache,
     cli_env,
     run_args,
     write_local_source,
@@ -116,7 +115,7 @@ _CONSOLE_LINE = re.compile(r":CONSOLE[:(\]].*", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
-def report_run(sample_images, cache, tmp_path_factory):  # noqa: F811
+def report_run(sample_images, cache, tmp_path_factory):
     """A real run over :data:`REPORT_INPUTS` and its report (``--samples SAMPLES``)."""
     root = tmp_path_factory.mktemp("report")
     source, output = root / SOURCE_DIR, root / "results"

@@ -30,7 +30,6 @@ from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
     REPO_ROOT,
     Cli,
-    CliRunner,
     cli_env,
     run_args,
 )
@@ -38,13 +37,6 @@ from tests.test_pipeline_e2e import (
 #: Folders of product code scanned for unsafe deserialisation.
 CODE_DIRS = ("yolov4", "pipeline", "infra", "benchmarks", "scripts")
 RAY_TMP_PREFIX = "yb-ray-"  # short: Ray's socket paths must fit in 107 bytes
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    runner = CliRunner(tmp_path / "cli-logs")
-    yield runner
-    runner.close()
 
 
 @pytest.fixture
@@ -255,23 +247,47 @@ PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "marshal
 PICKLE_LOADS = {"load", "loads", "Unpickler"}
 
 
-def _is_unsafe(name: str, node: ast.Call) -> bool:
+#: YAML loaders that construct plain data only.
+SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader"}
+
+
+def _safe_loaders(tree: ast.Module) -> set[str]:
+    """Safe YAML loaders, and the module's own classes derived from one."""
+    safe = set(SAFE_YAML_LOADERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            bases = {ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases}
+            if bases & safe:
+                safe.add(node.name)
+    return safe
+
+
+def _yaml_loader(node: ast.Call) -> str | None:
+    for kw in node.keywords:
+        if kw.arg == "Loader":
+            return ast.unparse(kw.value).rsplit(".", 1)[-1]
+    return ast.unparse(node.args[1]).rsplit(".", 1)[-1] if len(node.args) > 1 else None
+
+
+def _is_unsafe(name: str, node: ast.Call, safe_loaders: set[str]) -> bool:
     module, last = name.split(".", 1)[0], name.rsplit(".", 1)[-1]
     checks = (
         module == "torch" and last == "load" and _keyword(node, "weights_only") is not True,
         module in PICKLE_MODULES and last in PICKLE_LOADS,
         name == "torch.jit.load",
         _keyword(node, "allow_pickle") is True,
-        module == "yaml" and last == "load",  # yaml.safe_load is the safe one
+        module == "yaml" and last == "load" and _yaml_loader(node) not in safe_loaders,
     )
     return any(checks)
 
 
 def unsafe_loads(source: str) -> list[tuple[int, str]]:
     """(line, call) of every deserialisation that could run code from a file."""
+    tree = ast.parse(source)
+    safe = _safe_loaders(tree)
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and _is_unsafe(name := _call_name(node), node):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _is_unsafe(name := _call_name(node), node, safe):
             found.append((node.lineno, name))
     return found
 
@@ -286,8 +302,11 @@ def test_the_scanner_finds_unsafe_loads():
         "np.load(f, allow_pickle=True)\n"
         "yaml.load(s)\n"
         "yaml.safe_load(s)\n"
+        "class Strict(yaml.SafeLoader): pass\n"
+        "yaml.load(s, Loader=Strict)\n"
+        "yaml.load(s, Loader=yaml.FullLoader)\n"
     )
-    assert [line for line, _ in unsafe_loads(code)] == [2, 3, 5, 6, 7]
+    assert [line for line, _ in unsafe_loads(code)] == [2, 3, 5, 6, 7, 11]
 
 
 def test_no_product_code_unpickles_anything():
