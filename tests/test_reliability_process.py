@@ -175,16 +175,20 @@ def test_driver_killed_five_times_at_different_points_converges(cli, cache, job,
 # --------------------------------------------------------------------------- actors
 
 
+def busy_actor_among(procs):
+    """The first of ``procs`` that is an actor inside ``process_shard``, or None."""
+    for proc in procs:
+        try:
+            if "DetectorActor.process_shard" in " ".join(proc.cmdline()):
+                return proc
+        except ps.Error:  # gone meanwhile
+            continue
+    return None
+
+
 def busy_actor(run):
     """An actor process of ``run`` inside ``process_shard``, or None."""
-    for proc in run.descendants():
-        try:
-            title = " ".join(proc.cmdline())
-        except Exception:  # gone meanwhile
-            continue
-        if "DetectorActor.process_shard" in title:
-            return proc
-    return None
+    return busy_actor_among(run.descendants())
 
 
 def kill_actors(run, output: Path, kills: int) -> list[int]:
@@ -336,16 +340,9 @@ def busy_actor_on(node):
     """An actor process of the Ray node ``node`` inside ``process_shard``, or None."""
     try:
         raylet = ps.Process(node.all_processes["raylet"][0].process.pid)
-        children = raylet.children(recursive=True)
+        return busy_actor_among(raylet.children(recursive=True))
     except (ps.NoSuchProcess, KeyError, IndexError):
         return None
-    for proc in children:
-        try:
-            if "DetectorActor.process_shard" in " ".join(proc.cmdline()):
-                return proc
-        except ps.Error:
-            continue
-    return None
 
 
 # --------------------------------------------------------------------------- long, randomised
