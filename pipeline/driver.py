@@ -329,9 +329,9 @@ def _preflight(source, source_uri: str, output_uri: str, storage, s3_options) ->
         storage.write_bytes(probe, b"ok")
         storage.delete(probe)
     except (StorageError, OSError) as exc:
-        raise RunError(
-            f"cannot write to the output {output_uri}: {exc}; check permissions or credentials"
-        ) from None
+        # Storage errors already say what to check; a bare OS error gets the likely cause.
+        hint = "" if isinstance(exc, StorageError) else "; check permissions or credentials"
+        raise RunError(f"cannot write to the output {output_uri}: {exc}{hint}") from None
 
 
 def _open_run(

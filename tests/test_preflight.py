@@ -38,7 +38,7 @@ def keys_under(s3_server, uri: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", ())]
 
 
-def refused(cli, s3_server, tiny_weights_path, source, output, *phrases, endpoint=None):
+def refused(cli, s3_server, tiny_weights_path, case, source, output, *phrases, endpoint=None):
     env = cli_env(tiny_weights_path.parent, s3=s3_server)
     extra = ["--endpoint-url", endpoint] if endpoint else []
     result = cli.run(run_args(source, output, *extra), env, QUICK_TIMEOUT_S)
@@ -48,12 +48,13 @@ def refused(cli, s3_server, tiny_weights_path, source, output, *phrases, endpoin
     record(
         Outcome(
             area="preflight",
-            case=phrases[-1] if phrases else line,
+            case=case,
             trials=1,
             images=0,
             rows_lost=0,
             rows_duplicated=0,
-            result="refused before any work: " + line.removeprefix("yolo-batch: error: "),
+            result="refused before any work, nothing written; the message names: "
+            + ", ".join(f"'{p}'" for p in phrases),
         )
     )
     return line
@@ -64,6 +65,7 @@ def test_missing_source_bucket(cli, s3_server, s3_prefix, tiny_weights_path):
         cli,
         s3_server,
         tiny_weights_path,
+        "source bucket does not exist",
         "s3://no-such-bucket-for-yolo-batch/photos/",
         f"{s3_prefix}out/",
         "cannot read the source",
@@ -76,6 +78,7 @@ def test_missing_output_bucket(cli, s3_server, photos, tiny_weights_path):
         cli,
         s3_server,
         tiny_weights_path,
+        "output bucket does not exist",
         photos,
         "s3://no-such-bucket-for-yolo-batch/out/",
         "cannot write to the output",
@@ -84,7 +87,15 @@ def test_missing_output_bucket(cli, s3_server, photos, tiny_weights_path):
 
 
 def test_output_inside_the_source_prefix(cli, s3_server, photos, tiny_weights_path):
-    refused(cli, s3_server, tiny_weights_path, photos, f"{photos}results/", "inside the source")
+    refused(
+        cli,
+        s3_server,
+        tiny_weights_path,
+        "output inside the source prefix",
+        photos,
+        f"{photos}results/",
+        "inside the source",
+    )
 
 
 def test_endpoint_where_nothing_listens(cli, s3_server, s3_prefix, photos, tiny_weights_path):
@@ -93,6 +104,7 @@ def test_endpoint_where_nothing_listens(cli, s3_server, s3_prefix, photos, tiny_
         cli,
         s3_server,
         tiny_weights_path,
+        "endpoint where nothing listens",
         photos,
         f"{s3_prefix}out/",
         "cannot read the source",
@@ -117,6 +129,7 @@ def test_source_listed_but_not_readable(
         cli,
         s3_server,
         tiny_weights_path,
+        "source can be listed but not read (403 on GET)",
         photos,
         f"{s3_prefix}out/",
         "can list the source",
@@ -134,6 +147,7 @@ def test_output_not_writable(cli, s3_server, s3_prefix, photos, proxy, tiny_weig
         cli,
         s3_server,
         tiny_weights_path,
+        "output cannot be written (403 on PUT)",
         photos,
         output,
         "cannot write to the output",
