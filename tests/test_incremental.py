@@ -233,6 +233,12 @@ def test_incremental_run_processes_only_new_and_changed_images_on_s3(
     assert gone.as_py() == 0
     tomb = query(output, "SELECT image_uri, run_id FROM tombstones").to_pylist()
     assert tomb == [{"image_uri": f"{source}{deleted[0]}", "run_id": second.run_id}]
+    status = cli.run(["status", output], env)
+    assert status.returncode == 0, status.describe()
+    assert (
+        f"delta      {N + M - D:,} listed: {M} new, {K} changed, 0 retried, "
+        f"{N - K - D} unchanged, {D} deleted"
+    ) in status.stdout, status.stdout
 
     # Nothing new: no plan shards, no Ray, no actors; an expired lease left by a killed driver
     # is taken over on the way.

@@ -164,6 +164,8 @@ def test_concurrent_runs_of_one_output_one_proceeds_and_ctrl_c_releases(
     assert f"run {holder}" in resumed.stderr
     # The refused runs wrote nothing: no run record of theirs, the holder's status intact.
     assert sorted(p.name for p in (output / "_runs").iterdir()) == runs_before
+    status = cli.run(["status", output], cli_env(cache), timeout=QUICK_TIMEOUT_S)
+    assert f"lease      held by run {holder} (pid {first.pid} on " in status.stdout, status.stdout
 
     wait_for(lambda: commits(output), first, "a first commit")
     first.signal(signal.SIGINT)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 
 from pipeline.layout import OutputLayout
+from pipeline.lease import read_lease
 from pipeline.ledger import Ledger
 from pipeline.s3 import S3Options
 from pipeline.storage import storage_for
@@ -46,6 +48,8 @@ def collect_status(output: str, run_id: str | None, s3: S3Options) -> dict:
         record["live"] = live
     failures = ledger.failures(run_id)
     record["failed_shards"] = {str(k): v.get("reason") for k, v in sorted(failures.items())}
+    lease = read_lease(storage, output)
+    record["lease"] = asdict(lease) if lease else None
     return record
 
 
@@ -74,6 +78,21 @@ def run(args: argparse.Namespace) -> int:
     )
     if live.get("images_per_second") is not None:
         print(f"speed      {live['images_per_second']:.2f} images/s")
+    if status.get("incremental"):
+        print(
+            f"delta      {status.get('objects_listed') or 0:,} listed: "
+            + ", ".join(
+                f"{status.get('objects_' + kind) or 0:,} {kind}"
+                for kind in ("new", "changed", "retried", "unchanged", "deleted")
+            )
+        )
+    lease = status.get("lease")
+    if lease:
+        holder = f"run {lease['run_id']}" if lease.get("run_id") else "a starting run"
+        print(
+            f"lease      held by {holder} (pid {lease['pid']} on {lease['host']}) until "
+            f"{_when(lease['expires_at'])}"
+        )
     for shard_id, reason in status["failed_shards"].items():
         print(f"failed     shard {shard_id}: {reason}")
     quiet_for = time.time() - live.get("updated_at", time.time())
