@@ -229,13 +229,12 @@ def _plan_incremental(config, source, source_uri, ledger, record, plan_args) -> 
     """Plan only the objects that are new or changed since earlier runs of the same source,
     and write the deleted objects' tombstones; the counts go into ``record``."""
     earlier = _earlier_runs(ledger, record.run_id, source_uri)
-    connection = query.connect(ledger.layout.root, config.s3)
+    files = query.committed_files(ledger.layout.root, config.s3)
+    connection = query.connect(ledger.layout.root, config.s3, files=files)
     started = time.perf_counter()
-    runs = {f"/run_id={run_id}/" for run_id in earlier}
+    runs = set(earlier)
     earlier_files = [
-        uri
-        for uri in query.committed_files(ledger.layout.root, config.s3)[IMAGES_TABLE]
-        if any(part in uri for part in runs)
+        uri for uri in files[IMAGES_TABLE] if (m := _DATA_FILE_RUN.search(uri)) and m[1] in runs
     ]
     with Delta(
         connection,
@@ -734,6 +733,8 @@ def _preempted(exc: BaseException) -> bool:
     return bool(getattr(exc, "preempted", False))
 
 
+#: The run id in a data file's path (``TABLE/run_id=RUN/shard-...parquet``).
+_DATA_FILE_RUN = re.compile(r"/run_id=([^/]+)/[^/]+$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -74,12 +74,18 @@ def tombstone_files(output: str, s3_options: S3Options | None = None) -> list[st
     ]
 
 
-def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the result views of ``output`` registered."""
+def connect(
+    output: str,
+    s3_options: S3Options | None = None,
+    *,
+    files: dict[str, list[str]] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the result views of ``output`` registered; ``files``: the
+    :func:`committed_files` of ``output`` when the caller has them already."""
     output = normalize(output)
     storage = storage_for(output, s3_options)
     ledger = Ledger(storage, OutputLayout(output))
-    files = committed_files(output, s3_options)
+    files = files if files is not None else committed_files(output, s3_options)
     filesystem = _arrow_filesystem(output, s3_options)
     con = duckdb.connect()
     for table, schema in ((DETECTIONS_TABLE, DETECTIONS_SCHEMA), (IMAGES_TABLE, IMAGES_SCHEMA)):
