@@ -36,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+import duckdb
 import ray
 import ray.exceptions
 
@@ -230,7 +231,9 @@ def _plan_incremental(config, source, source_uri, ledger, record, plan_args) -> 
     and write the deleted objects' tombstones; the counts go into ``record``."""
     earlier = _earlier_runs(ledger, record.run_id, source_uri)
     files = query.committed_files(ledger.layout.root, config.s3)
-    connection = query.connect(ledger.layout.root, config.s3, files=files)
+    # The delta reads the committed files itself; of the result views it needs tombstones only.
+    connection = duckdb.connect()
+    query.register_tombstones(connection, ledger.layout.root, config.s3)
     started = time.perf_counter()
     runs = set(earlier)
     earlier_files = [

@@ -122,9 +122,10 @@ class Delta:
     ``s3://`` URIs read through ``storage``); without them, the connection's ``all_images``
     view is read (an Arrow scan: fine for tests, unbounded in memory at scale).
 
-    ``connection`` must have the view ``all_images`` and the view ``tombstones`` (``image_uri``,
-    ``run_id``) registered, as :func:`pipeline.query.connect` does; ``earlier_runs`` are the run
-    ids whose rows count as earlier state.
+    ``connection`` must have the view ``tombstones`` (``image_uri``, ``run_id``) registered
+    (:func:`pipeline.query.register_tombstones`), and ``all_images`` too when no
+    ``earlier_files`` are given (:func:`pipeline.query.connect` registers both);
+    ``earlier_runs`` are the run ids whose rows count as earlier state.
     """
 
     def __init__(

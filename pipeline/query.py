@@ -74,18 +74,12 @@ def tombstone_files(output: str, s3_options: S3Options | None = None) -> list[st
     ]
 
 
-def connect(
-    output: str,
-    s3_options: S3Options | None = None,
-    *,
-    files: dict[str, list[str]] | None = None,
-) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the result views of ``output`` registered; ``files``: the
-    :func:`committed_files` of ``output`` when the caller has them already."""
+def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the result views of ``output`` registered."""
     output = normalize(output)
     storage = storage_for(output, s3_options)
     ledger = Ledger(storage, OutputLayout(output))
-    files = files if files is not None else committed_files(output, s3_options)
+    files = committed_files(output, s3_options)
     filesystem = _arrow_filesystem(output, s3_options)
     con = duckdb.connect()
     for table, schema in ((DETECTIONS_TABLE, DETECTIONS_SCHEMA), (IMAGES_TABLE, IMAGES_SCHEMA)):
@@ -97,14 +91,7 @@ def connect(
         )
         con.register(f"all_{table}_arrow", dataset)
         con.execute(f"CREATE VIEW all_{table} AS SELECT * FROM all_{table}_arrow")
-    paths = [_fs_path(uri) for uri in tombstone_files(output, s3_options)]
-    tombstones = (
-        ds.dataset(paths, schema=TOMBSTONE_SCHEMA, format="parquet", filesystem=filesystem)
-        if paths
-        else TOMBSTONE_SCHEMA.empty_table()
-    )
-    con.register("tombstones_arrow", tombstones)
-    con.execute("CREATE VIEW tombstones AS SELECT * FROM tombstones_arrow")
+    register_tombstones(con, output, s3_options, filesystem=filesystem)
     con.execute(
         """
         CREATE VIEW images AS
@@ -126,6 +113,31 @@ def connect(
     con.register("runs_arrow", _runs_table(ledger))
     con.execute("CREATE VIEW runs AS SELECT * FROM runs_arrow")
     return con
+
+
+def register_tombstones(
+    con: duckdb.DuckDBPyConnection,
+    output: str,
+    s3_options: S3Options | None = None,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> None:
+    """Register the view ``tombstones`` (``image_uri``, ``run_id``) of ``output`` on ``con``.
+
+    On its own it costs one listing of ``_deleted/``, not the look at every committed file
+    that :func:`connect` makes: the incremental delta needs nothing more.
+    """
+    output = normalize(output)
+    paths = [_fs_path(uri) for uri in tombstone_files(output, s3_options)]
+    if paths and filesystem is None:
+        filesystem = _arrow_filesystem(output, s3_options)
+    tombstones = (
+        ds.dataset(paths, schema=TOMBSTONE_SCHEMA, format="parquet", filesystem=filesystem)
+        if paths
+        else TOMBSTONE_SCHEMA.empty_table()
+    )
+    con.register("tombstones_arrow", tombstones)
+    con.execute("CREATE VIEW tombstones AS SELECT * FROM tombstones_arrow")
 
 
 def query(output: str, sql: str, s3_options: S3Options | None = None) -> pa.Table:
