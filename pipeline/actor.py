@@ -1,7 +1,8 @@
 """The worker side of a run: one model per process, shards in, Parquet files out.
 
-:class:`ShardProcessor` does the work and knows nothing of Ray; :class:`DetectorActor` wraps it
-as a Ray actor (the caller sets its resources with ``.options(num_cpus=, num_gpus=)``).
+:class:`ShardProcessor` does the work and knows nothing of Ray (this module imports without it,
+so the actor's work can be benchmarked on a machine with only PyTorch);
+:class:`pipeline.remote.DetectorActor` wraps it as a Ray actor.
 
 For each shard the processor streams the shard's objects through three overlapping stages::
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -32,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 
 from pipeline import faults
@@ -188,7 +189,8 @@ class _ShardState:
 
 def available_cpus() -> int:
     """CPUs this process may use: its Ray CPU allocation inside an actor, else its affinity."""
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # only inside a Ray worker or driver is it imported
+    if ray is not None and ray.is_initialized():
         try:
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
         except Exception:  # not in a worker, or an older runtime context
@@ -535,43 +537,6 @@ class ShardProcessor:
             written += write_parquet(storage, uri, table)
             files[name] = uri
         return files, written, time.perf_counter() - started
-
-
-@ray.remote
-class DetectorActor:
-    """A Ray actor holding one model; shards are processed one at a time, in arrival order.
-
-    ``weights`` are the model file's bytes (pass the ``ObjectRef`` of ``ray.put(weights)``:
-    Ray resolves it, so every actor reads them from the object store, not from disk).
-    """
-
-    def __init__(
-        self,
-        spec: ModelSpec,
-        weights: bytes,
-        config: ActorConfig,
-        s3_options: S3Options | None = None,
-    ) -> None:
-        self._processor = ShardProcessor(spec, weights, config, s3_options)
-
-    def ready(self) -> dict[str, Any]:
-        """Who and where this actor is, once its model is loaded."""
-        processor = self._processor
-        return {
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "device": str(processor.detector.device),
-            "model": processor.spec.name,
-            "weights_sha256": processor.spec.weights_sha256,
-            "cpus": processor.cpus,
-            "torch_threads": processor.torch_threads,
-        }
-
-    def process_shard(self, task: ShardTask) -> ShardResult:
-        return self._processor.process(task)
-
-    def close(self) -> None:
-        self._processor.close()
 
 
 def _settle(

@@ -11,7 +11,7 @@ Lifecycle of :func:`run`:
 4. **Plan** (:mod:`pipeline.plan`), unless the resumed run's plan is complete. An incremental
    run plans only the objects new or changed since earlier runs of the same source
    (:mod:`pipeline.incremental`); when there are none it ends here, without starting Ray.
-5. **Actors**: one :class:`~pipeline.actor.DetectorActor` per slot, the model's weights shipped
+5. **Actors**: one :class:`~pipeline.remote.DetectorActor` per slot, the model's weights shipped
    once through the Ray object store.
 6. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``); the driver
    tracks its own actors (not ``ray.util.ActorPool``, which keeps picking a dead actor). A
@@ -41,7 +41,7 @@ import ray
 import ray.exceptions
 
 from pipeline import faults, query
-from pipeline.actor import ActorConfig, DetectorActor, ShardResult, ShardTask
+from pipeline.actor import ActorConfig, ShardResult, ShardTask
 from pipeline.config import RunConfig
 from pipeline.errors import RunError
 from pipeline.faults import FAULTS_ENV
@@ -61,6 +61,7 @@ from pipeline.ledger import (
 from pipeline.model_spec import ModelSpec, resolve_model
 from pipeline.plan import PlanSummary, read_plan_summary, read_shard, write_plan
 from pipeline.progress import ProgressReporter, RunProgress
+from pipeline.remote import DetectorActor
 from pipeline.s3 import AWS_ENV_VARS
 from pipeline.sources import open_source
 from pipeline.storage import StorageError, TransientStorageError, storage_for

@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from pipeline.actor import ActorConfig, DetectorActor, ShardProcessor, ShardResult, ShardTask
+from pipeline.actor import ActorConfig, ShardProcessor, ShardResult, ShardTask
 from pipeline.model_spec import resolve_model
+from pipeline.remote import DetectorActor
 from pipeline.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, STATUS_OK
 from pipeline.storage import S3Storage
 from yolov4.hub import CACHE_ENV_VAR

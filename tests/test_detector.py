@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from tests.darknet_fixtures import COCO_NAMES, YOLOV4_CFG, YOLOV4_TINY_CFG, cfg_with
 from tests.reference_impl import detections_reference, overlap_reference
+from yolov4.compare import PRECISION_TOLERANCES, max_differences, mismatches
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg
 from yolov4.darknet_weights import load_darknet_weights, parse_header, save_darknet_weights
 from yolov4.detector import Detection, Detector
@@ -393,11 +394,29 @@ def test_higher_conf_threshold_gives_a_subset(tiny_weights_path, sample_images, 
         assert 0 < len(high) < len(low)
 
 
+@pytest.mark.parametrize("precision", sorted(PRECISION_TOLERANCES))
+def test_half_precision_stays_within_the_stated_tolerance(
+    tiny_weights_path, sample_images, baseline, precision
+):
+    """The whole model cast to fp16 / bf16 (what CUDA runs; CPU runs the same dtypes) finds
+    the fp32 detections within ``PRECISION_TOLERANCES``, and not exactly (it did run in half)."""
+    half = Detector.from_darknet(
+        YOLOV4_TINY_CFG, tiny_weights_path, COCO_NAMES, precision=precision
+    )
+    assert next(half.model.parameters()).dtype == half.dtype != torch.float32
+    found = half.detect(sample_images)
+    tolerance = PRECISION_TOLERANCES[precision]
+    for reference, detections in zip(baseline, found):
+        assert mismatches(reference, detections, tolerance) == []
+    assert any(
+        max_differences(reference, detections)[0] > 0
+        for reference, detections in zip(baseline, found)
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"precision": "fp16"}, r"precision 'fp16' runs as autocast on CUDA only; use 'fp32'"),
-        ({"precision": "bf16"}, r"precision 'bf16' runs as autocast on CUDA only"),
         ({"precision": "fp64"}, r"precision must be one of \['bf16', 'fp16', 'fp32'\]"),
         ({"input_size": 300}, r"input size 300x300 is not allowed: .*multiples of 32"),
         ({"input_size": (320, 250)}, r"input size 320x250 is not allowed"),
