@@ -22,6 +22,7 @@ straight to the output.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -37,6 +38,12 @@ import pyarrow as pa
 import torch
 
 from pipeline import faults
+from pipeline.config import (
+    DECODE_AUTO,
+    DECODE_DRAFT,
+    DECODE_GPU,
+    DECODE_MODES,
+)
 from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
 from pipeline.model_spec import ModelSpec
 from pipeline.s3 import S3Options
@@ -53,7 +60,14 @@ from pipeline.storage import (
 )
 from pipeline.uris import is_s3
 from yolov4.errors import ImageDecodeError
-from yolov4.imageio import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from yolov4.gpu_jpeg import decode_jpegs, gpu_decodable, gpu_jpeg_available
+from yolov4.imageio import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DRAFT_MIN_SCALE,
+    decode_image,
+    decode_image_reduced,
+)
 
 if TYPE_CHECKING:
     from pipeline.sources import SourceObject
@@ -76,10 +90,10 @@ _ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{12,}\b")
 
 @dataclass(frozen=True)
 class ActorConfig:
-    """How an actor runs: batching, I/O concurrency, limits and device.
+    """How an actor runs: batching, I/O concurrency, decoding, limits and device.
 
     ``lookahead``: images fetched or decoded ahead of the model (bounds memory); default
-    ``max(fetch_threads, 2 * batch_size)``.
+    ``max(fetch_threads, 2 * batch_size)``. ``decode``: one of :data:`DECODE_MODES`.
     """
 
     batch_size: int = 8
@@ -91,8 +105,11 @@ class ActorConfig:
     precision: str = "fp32"
     torch_threads: int | None = None
     lookahead: int | None = None
+    decode: str = DECODE_AUTO
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         for name in ("batch_size", "fetch_threads", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -154,11 +171,19 @@ class ShardResult:
 
 @dataclass
 class _Loaded:
-    """One object on its way through fetch and decode."""
+    """One object on its way through fetch and decode.
+
+    After decoding, exactly one of ``image`` (decoded on the host: ``[3, H, W]`` uint8, pinned
+    when the model is on CUDA), ``jpeg`` (a JPEG left for the GPU to decode with its batch) and
+    ``error`` is set. ``display_size``: ``(width, height)`` of the full image when ``image``
+    was decoded at a reduced scale (draft decoding), else ``None``.
+    """
 
     row: int
     data: bytes | None = None
-    image: np.ndarray | None = None
+    image: torch.Tensor | None = None
+    jpeg: bytes | None = None
+    display_size: tuple[int, int] | None = None
     error: str | None = None
     size: int | None = None
     etag: str | None = None
@@ -169,11 +194,12 @@ class _Loaded:
 
 @dataclass
 class _ShardState:
-    """Per-shard accumulators, touched only by the calling thread."""
+    """Per-shard accumulators, touched only by the calling thread; the per-image columns are
+    indexed by row (plan order) and filled as each image's outcome is known."""
 
     num_images: int
     detections: DetectionsBuffer = field(default_factory=DetectionsBuffer)
-    status: list[str] = field(default_factory=list)
+    status: list[str | None] = field(default_factory=list)
     error: list[str | None] = field(default_factory=list)
     width: list[int | None] = field(default_factory=list)
     height: list[int | None] = field(default_factory=list)
@@ -185,6 +211,18 @@ class _ShardState:
     wait_s: float = 0.0
     detect_s: float = 0.0
     num_batches: int = 0
+
+    def __post_init__(self) -> None:
+        for column in (self.status, self.error, self.width, self.height, self.etag, self.size):
+            column.extend([None] * self.num_images)
+
+    def set_ok(self, row: int, width: int, height: int) -> None:
+        self.status[row], self.error[row] = STATUS_OK, None
+        self.width[row], self.height[row] = int(width), int(height)
+
+    def set_error(self, row: int, error: str) -> None:
+        self.status[row], self.error[row] = STATUS_ERROR, error
+        self.width[row] = self.height[row] = None
 
 
 def available_cpus() -> int:
@@ -232,6 +270,13 @@ class ShardProcessor:
             weights, device=config.device, precision=config.precision
         )
         self._class_names = class_name_array(self.detector.class_names)
+        self.decode_mode = resolve_decode_mode(config.decode, config.device)
+        self._pin = self.detector.device.type == "cuda"
+        width, height = self.detector.input_size
+        self._draft_min_size = (
+            math.ceil(width * DRAFT_MIN_SCALE),
+            math.ceil(height * DRAFT_MIN_SCALE),
+        )
         self._local = LocalStorage()
         self._s3 = S3Storage(s3_options, max_pool_connections=config.fetch_threads + 1)
         self._fetch_pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
@@ -240,13 +285,15 @@ class ShardProcessor:
         )
         self._closed = False
         logger.info(
-            "loaded %s on %s in %.1fs (torch threads %d, fetch threads %d, decode threads %d)",
+            "loaded %s on %s in %.1fs (torch threads %d, fetch threads %d, decode threads %d, "
+            "decoding: %s)",
             spec.name,
             self.detector.device,
             time.perf_counter() - started,
             self.torch_threads,
             config.fetch_threads,
             config.decode_threads or self.cpus,
+            self.decode_mode,
         )
 
     # ----------------------------------------------------------------- public
@@ -270,8 +317,7 @@ class ShardProcessor:
                 pending.append(self._start(next_row, objects[next_row], cancel))
                 next_row += 1
 
-        batch_rows: list[int] = []
-        batch_images: list[torch.Tensor] = []
+        batch: list[_Loaded] = []
         try:
             refill()
             while pending:
@@ -280,15 +326,13 @@ class ShardProcessor:
                 state.wait_s += time.perf_counter() - waited
                 refill()  # keep the window full while the model runs
                 self._record(state, objects[loaded.row], loaded)
-                if loaded.image is not None:
-                    batch_rows.append(loaded.row)
-                    batch_images.append(torch.from_numpy(loaded.image).permute(2, 0, 1))
-                    loaded.image = None
-                    if len(batch_rows) == self.config.batch_size:
-                        self._detect(state, batch_rows, batch_images)
-                        batch_rows, batch_images = [], []
-            if batch_rows:
-                self._detect(state, batch_rows, batch_images)
+                if loaded.image is not None or loaded.jpeg is not None:
+                    batch.append(loaded)
+                    if len(batch) == self.config.batch_size:
+                        self._detect(state, batch)
+                        batch = []
+            if batch:
+                self._detect(state, batch)
         except BaseException:
             cancel.set()  # queued fetches and decodes of this shard turn into no-ops
             for future in pending:
@@ -459,45 +503,89 @@ class ShardProcessor:
                 loaded.error = _too_large(len(data), self.config.max_image_bytes)
             else:
                 started = time.perf_counter()
-                try:
-                    loaded.image = decode_image(
-                        data,
-                        max_pixels=self.config.max_image_pixels,
-                        max_bytes=self.config.max_image_bytes,
-                    )
-                except ImageDecodeError as exc:
-                    loaded.error = str(exc)
-                except Exception as exc:  # a decoder bug must cost one image, not the shard
-                    loaded.error = f"decode: {type(exc).__name__}: {_shorten(str(exc))}"
+                if self.decode_mode == DECODE_GPU and gpu_decodable(
+                    data, self.config.max_image_pixels
+                ):
+                    loaded.jpeg = data  # decoded on the GPU with its batch
+                else:
+                    self._decode_on_host(loaded, data, draft=self.decode_mode == DECODE_DRAFT)
                 loaded.decode_s = time.perf_counter() - started
         except BaseException as exc:
             _settle(out, exception=exc)
             return
         _settle(out, loaded)
 
+    def _decode_on_host(self, loaded: _Loaded, data: bytes, *, draft: bool) -> None:
+        """Decode ``data`` with Pillow into ``loaded.image`` (or ``loaded.error``); ``draft``:
+        JPEGs at the smallest scale that still covers the network input."""
+        limits = dict(
+            max_pixels=self.config.max_image_pixels, max_bytes=self.config.max_image_bytes
+        )
+        try:
+            if draft:
+                decoded = decode_image_reduced(data, min_size=self._draft_min_size, **limits)
+                pixels = decoded.pixels
+                if decoded.size != (pixels.shape[1], pixels.shape[0]):
+                    loaded.display_size = decoded.size
+            else:
+                pixels = decode_image(data, **limits)
+        except ImageDecodeError as exc:
+            loaded.error = str(exc)
+            return
+        except Exception as exc:  # a decoder bug must cost one image, not the shard
+            loaded.error = f"decode: {type(exc).__name__}: {_shorten(str(exc))}"
+            return
+        image = torch.from_numpy(pixels)
+        if self._pin:  # the host-to-device copy then runs asynchronously
+            image = image.pin_memory()
+        loaded.image = image.permute(2, 0, 1)
+
     def _record(self, state: _ShardState, obj: Any, loaded: _Loaded) -> None:
+        row = loaded.row
         state.fetch_s += loaded.fetch_s
         state.decode_s += loaded.decode_s
         state.bytes_read += loaded.nbytes
-        state.etag.append(loaded.etag)
-        state.size.append(loaded.size)
+        state.etag[row] = loaded.etag
+        state.size[row] = loaded.size
         if loaded.image is not None:
-            height, width = loaded.image.shape[:2]
-            state.status.append(STATUS_OK)
-            state.error.append(None)
-            state.width.append(int(width))
-            state.height.append(int(height))
-        else:
-            state.status.append(STATUS_ERROR)
-            state.error.append(loaded.error or "fetch: unknown failure")
-            state.width.append(None)
-            state.height.append(None)
+            state.set_ok(row, *(loaded.display_size or _width_height(loaded.image)))
+        elif loaded.jpeg is None:  # a JPEG for the GPU is recorded once decoded
+            state.set_error(row, loaded.error or "fetch: unknown failure")
             if loaded.error:
                 logger.debug("%s: %s", obj.uri, loaded.error)
 
-    def _detect(self, state: _ShardState, rows: list[int], images: list[torch.Tensor]) -> None:
+    def _decode_on_device(self, state: _ShardState, batch: list[_Loaded]) -> list[_Loaded]:
+        """Decode the batch's JPEGs on the GPU in one call and record their rows; files nvJPEG
+        fails on are decoded on the host instead. Returns the items that have an image."""
+        jpegs = [item for item in batch if item.jpeg is not None]
+        if not jpegs:
+            return batch
         started = time.perf_counter()
-        detections = self.detector.detect_batch(images).to("cpu")
+        images = decode_jpegs([item.jpeg for item in jpegs], self.detector.device)
+        for item, image in zip(jpegs, images):
+            data, item.jpeg = item.jpeg, None
+            if image is None:
+                self._decode_on_host(item, data, draft=False)
+            else:
+                item.image = image
+            if item.image is not None:
+                state.set_ok(item.row, *_width_height(item.image))
+            else:
+                state.set_error(item.row, item.error or "decode: failed")
+        state.decode_s += time.perf_counter() - started
+        return [item for item in batch if item.image is not None]
+
+    def _detect(self, state: _ShardState, batch: list[_Loaded]) -> None:
+        started = time.perf_counter()
+        batch = self._decode_on_device(state, batch)
+        if not batch:
+            return
+        rows = [item.row for item in batch]
+        sizes = [item.display_size or _width_height(item.image) for item in batch]
+        images = [item.image for item in batch]
+        for item in batch:
+            item.image = None
+        detections = self.detector.detect_batch(images, image_sizes=sizes).to("cpu")
         index = detections.image_index.numpy()
         state.detections.add(
             np.asarray(rows, dtype=np.int64)[index],
@@ -553,6 +641,28 @@ def _settle(
 
 
 # --------------------------------------------------------------------------- messages
+
+
+def resolve_decode_mode(mode: str, device: str) -> str:
+    """The decoding :data:`DECODE_MODES` entry ``mode`` means on ``device``.
+
+    ``auto`` is ``gpu`` where nvJPEG works on the device, else ``draft``. ``gpu`` where it does
+    not raises ``ValueError`` naming what is missing.
+    """
+    if mode == DECODE_AUTO:
+        return DECODE_GPU if gpu_jpeg_available(device) else DECODE_DRAFT
+    if mode == DECODE_GPU and not gpu_jpeg_available(device):
+        raise ValueError(
+            f"decode 'gpu' needs a CUDA device with torchvision's nvJPEG decoder, and {device!r} "
+            "has none here; use decode 'draft' or 'cpu' (or install torchvision built for this "
+            "PyTorch)"
+        )
+    return mode
+
+
+def _width_height(image: torch.Tensor) -> tuple[int, int]:
+    """``(width, height)`` of a ``[3, H, W]`` image."""
+    return int(image.shape[2]), int(image.shape[1])
 
 
 def _too_large(size: int, limit: int) -> str:

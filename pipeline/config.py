@@ -28,6 +28,19 @@ class ModelChoice:
     names: str | None = None
 
 
+#: How images are decoded. ``cpu``: full-size on the decode threads (Pillow). ``draft``: JPEGs
+#: decoded by the decode threads at a reduced scale that still covers the network input
+#: (libjpeg DCT scaling; within ``yolov4.compare.DRAFT_TOLERANCE`` of full decoding).
+#: ``gpu``: JPEGs decoded in batches on the GPU (nvJPEG through torchvision), the decode threads
+#: only reading headers; other formats, and JPEGs nvJPEG refuses, fall back to ``cpu``.
+#: ``auto``: ``gpu`` on CUDA when torchvision can decode there, else ``draft``.
+DECODE_CPU = "cpu"
+DECODE_DRAFT = "draft"
+DECODE_GPU = "gpu"
+DECODE_AUTO = "auto"
+DECODE_MODES = (DECODE_AUTO, DECODE_CPU, DECODE_DRAFT, DECODE_GPU)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     source: str
@@ -55,6 +68,8 @@ class RunConfig:
     #: Process only objects that are new or changed (URI + ETag) since the output's earlier
     #: committed runs.
     incremental: bool = False
+    #: How actors decode images: one of :data:`DECODE_MODES`.
+    decode: str = DECODE_AUTO
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the accepted values."""
@@ -72,6 +87,10 @@ class RunConfig:
                 self.run_id is None or is_run_id(self.run_id),
                 f"run id {self.run_id!r} is not a run id like 20261129T170000Z-1a2b3c; "
                 "`yolo-batch status OUTPUT` lists the runs",
+            ),
+            (
+                self.decode in DECODE_MODES,
+                f"decode {self.decode!r} is not one of {', '.join(DECODE_MODES)}",
             ),
             (
                 self.precision == "fp32" or self.gpus_per_actor > 0,

@@ -501,6 +501,7 @@ class _Dispatcher:
             fetch_threads=self.config.fetch_threads,
             device="cuda" if self.config.gpus_per_actor > 0 else "cpu",
             precision=self.config.precision,
+            decode=self.config.decode,
         )
         if self.config.max_image_bytes:
             kwargs["max_image_bytes"] = self.config.max_image_bytes

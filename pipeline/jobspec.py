@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from croniter import croniter
 
-from pipeline.config import ModelChoice, RunConfig
+from pipeline.config import DECODE_MODES, ModelChoice, RunConfig
 from pipeline.model_spec import DetectorOptions
 from pipeline.s3 import S3Options
 from yolov4.config import INPUT_SIZE_MULTIPLE
@@ -100,6 +100,7 @@ class JobSpec:
     model: ModelChoice = field(default_factory=ModelChoice)
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     precision: str | None = None
+    decode: str | None = None
     resources: Resources = field(default_factory=Resources)
     schedule: Schedule | None = None
     incremental: bool = DEFAULT_INCREMENTAL
@@ -117,6 +118,7 @@ class JobSpec:
             "shard_size": res.shard_size,
             "fetch_threads": res.fetch_threads,
             "precision": self.precision,
+            "decode": self.decode,
         }
         config = RunConfig(
             source=self.source,
@@ -298,6 +300,7 @@ SCHEMA: dict[str, Any] = {
     "max_det": _Field(_integer(1)),
     "resize": _Field(_choice(RESIZE_MODES)),
     "precision": _Field(_choice(tuple(PRECISIONS))),
+    "decode": _Field(_choice(DECODE_MODES)),
     "classes": _Field(_classes),
     "incremental": _Field(_boolean),
     "resources": {
@@ -405,6 +408,7 @@ def parse_spec(data: Any) -> JobSpec:
         model=model,
         detector=detector,
         precision=values.get("precision"),
+        decode=values.get("decode"),
         resources=Resources(**values.get("resources", {})),
         schedule=schedule,
         incremental=values.get("incremental", DEFAULT_INCREMENTAL),

@@ -155,14 +155,16 @@ def _resize_into(
 def _to_device(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Same-sized ``[3, H, W]`` uint8 images -> one ``[n, 3, H, W]`` uint8 tensor on ``device``.
 
-    From the host to CUDA the images are stacked into pinned memory, so the copy runs
-    asynchronously on the current stream.
+    From the host to CUDA the copies run asynchronously on the current stream: straight from
+    images already in pinned memory, else through one pinned staging tensor.
     """
     if len(images) == 1:
         return images[0].to(device, non_blocking=images[0].is_pinned()).unsqueeze(0)
     source = images[0].device
     if source == device or source.type != "cpu" or device.type != "cuda":
         return torch.stack([image.to(device) for image in images])
+    if all(image.is_pinned() for image in images):  # decoded into pinned memory: no staging
+        return torch.stack([image.to(device, non_blocking=True) for image in images])
     staged = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
     torch.stack(images, out=staged)
     return staged.to(device, non_blocking=True)

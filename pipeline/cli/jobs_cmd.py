@@ -134,6 +134,7 @@ def run_argv(spec: JobSpec) -> list[str]:
         ("--resize", det.resize),
         ("--classes", ",".join(det.classes) if det.classes else None),
         ("--precision", spec.precision),
+        ("--decode", spec.decode),
         ("--actors", spec.resources.actors),
         ("--gpus-per-actor", spec.resources.gpus_per_actor),
         ("--cpus-per-actor", spec.resources.cpus_per_actor),

@@ -14,6 +14,7 @@ import sys
 from pipeline.cli.model_options import add_model_arguments
 from pipeline.config import (
     ACTOR_START_TIMEOUT_S,
+    DECODE_MODES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARDS_PER_ACTOR,
@@ -45,6 +46,7 @@ SPEC_OPTIONS = {
     "gpus_per_actor": "gpus_per_actor",
     "cpus_per_actor": "cpus_per_actor",
     "fetch_threads": "fetch_threads",
+    "decode": "decode",
     "endpoint_url": "s3.endpoint_url",
     "region": "s3.region",
     "incremental": "incremental",
@@ -117,6 +119,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     res.add_argument("--cpus-per-actor", type=float, help="CPUs per actor")
     res.add_argument("--fetch-threads", type=int, help="concurrent reads per actor (16)")
+    res.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        help="image decoding: gpu (nvJPEG, JPEGs), draft (JPEGs at the smallest scale covering "
+        "the network input), cpu (full size, darknet's exact input); auto (default): gpu on "
+        "CUDA with torchvision, else draft",
+    )
     res.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
     res.add_argument("--shards-per-actor", type=int, default=DEFAULT_SHARDS_PER_ACTOR)
     res.add_argument("--max-image-bytes", type=int, help="larger objects become error rows")

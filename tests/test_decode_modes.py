@@ -1,0 +1,122 @@
+"""The actor's decoding modes (``ActorConfig.decode``) and the GPU JPEG gate, on CPU.
+
+- ``draft`` against ``cpu`` on camera-sized JPEGs: same ``images`` rows (full stored size),
+  detections within ``DRAFT_TOLERANCE`` in full-image pixels, and not identical (the reduced
+  decode did run).
+- ``gpu`` where no CUDA device is: refused with a message naming the alternatives.
+- :func:`yolov4.gpu_jpeg.gpu_decodable`, which decides from a header alone which files go to
+  nvJPEG: complete YCbCr or grey JPEGs within the pixel limit; never truncated, CMYK or
+  non-JPEG files (the CPU decoder, which reports their errors, keeps those).
+
+nvJPEG itself needs a CUDA device: ``benchmarks/gpu.sh`` checks its detections against the
+CPU decode's (``yolo-batch bench --check``).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.actor import ActorConfig, ShardProcessor, resolve_decode_mode
+from pipeline.config import DECODE_CPU, DECODE_DRAFT, DECODE_GPU
+from pipeline.model_spec import resolve_model
+from tests.test_actor import make_task
+from yolov4.compare import DRAFT_TOLERANCE, max_differences, mismatches
+from yolov4.detector import Detection
+from yolov4.gpu_jpeg import gpu_decodable
+from yolov4.hub import CACHE_ENV_VAR
+
+#: Upscaling of the sample photos to camera sizes (bus 2430x3240, zidane 3840x2160), so that
+#: half-scale decoding still covers 1.5x the 416 input.
+CAMERA_SCALE = 3
+JPEG_QUALITY = 92
+
+
+@pytest.fixture(scope="module")
+def model(tiny_weights_path: Path):
+    """The default yolov4-tiny, from the session's weights cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV_VAR, str(tiny_weights_path.parent))
+        return resolve_model()
+
+
+@pytest.fixture(scope="module")
+def camera_photos(tmp_path_factory, sample_images) -> list[Path]:
+    root = tmp_path_factory.mktemp("camera")
+    paths = []
+    for source in sample_images:
+        with Image.open(source) as photo:
+            big = photo.resize(
+                (photo.width * CAMERA_SCALE, photo.height * CAMERA_SCALE), Image.Resampling.LANCZOS
+            )
+        path = root / f"big-{source.name}"
+        big.save(path, "JPEG", quality=JPEG_QUALITY)
+        paths.append(path)
+    return paths
+
+
+def run_shard(model, mode: str, paths: list[Path], output: Path):
+    spec, weights = model
+    config = ActorConfig(batch_size=2, fetch_threads=2, decode=mode)
+    with ShardProcessor(spec, weights, config) as processor:
+        assert processor.decode_mode == mode
+        result = processor.process(make_task(output, [str(p) for p in paths]))
+    images = pq.read_table(result.files["images"]).to_pylist()
+    detections = pq.read_table(result.files["detections"]).to_pylist()
+    per_image = [
+        [
+            Detection(d["x_min"], d["y_min"], d["x_max"], d["y_max"], d["score"], d["class_id"], "")
+            for d in detections
+            if d["image_uri"] == image["image_uri"]
+        ]
+        for image in images
+    ]
+    return images, per_image
+
+
+def test_draft_decoding_stays_within_tolerance_of_full_decoding(model, camera_photos, tmp_path):
+    full_rows, full = run_shard(model, DECODE_CPU, camera_photos, tmp_path / "cpu")
+    draft_rows, draft = run_shard(model, DECODE_DRAFT, camera_photos, tmp_path / "draft")
+    for path, row in zip(camera_photos, draft_rows):
+        with Image.open(path) as image:
+            assert (row["width"], row["height"]) == image.size  # the stored size, not the draft's
+    assert [(r["status"], r["width"], r["height"]) for r in full_rows] == [
+        (r["status"], r["width"], r["height"]) for r in draft_rows
+    ]
+    assert all(full) and all(draft)
+    for reference, found in zip(full, draft):
+        assert mismatches(reference, found, DRAFT_TOLERANCE) == []
+    differences = [max_differences(reference, found) for reference, found in zip(full, draft)]
+    assert any(score_diff > 0 for score_diff, _ in differences)  # the reduced decode did run
+
+
+def test_gpu_decoding_without_cuda_is_refused_naming_the_alternatives():
+    with pytest.raises(ValueError, match=r"decode 'gpu' needs a CUDA device.*'draft' or 'cpu'"):
+        resolve_decode_mode(DECODE_GPU, "cpu")
+    assert resolve_decode_mode("auto", "cpu") == DECODE_DRAFT
+
+
+def jpeg(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def test_gpu_gate_takes_only_complete_ycbcr_or_grey_jpegs(sample_images):
+    photo = Image.open(sample_images[1]).convert("RGB")
+    good = jpeg(photo)
+    assert gpu_decodable(good, max_pixels=None)
+    assert gpu_decodable(jpeg(photo, progressive=True), max_pixels=None)
+    assert gpu_decodable(jpeg(photo.convert("L")), max_pixels=None)
+    assert gpu_decodable(good + b"\x00\x00\r\n", max_pixels=None)  # padding after EOI
+    assert not gpu_decodable(good[: len(good) // 2], max_pixels=None)  # nvJPEG fills with grey
+    assert not gpu_decodable(jpeg(photo.convert("CMYK")), max_pixels=None)  # nvJPEG refuses
+    assert not gpu_decodable(good, max_pixels=photo.width * photo.height - 1)
+    png = io.BytesIO()
+    photo.save(png, "PNG")
+    assert not gpu_decodable(png.getvalue(), max_pixels=None)
+    assert not gpu_decodable(b"\xff\xd8\xff" + b"x" * 100 + b"\xff\xd9", max_pixels=None)
