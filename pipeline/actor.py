@@ -22,7 +22,6 @@ straight to the output.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sys
@@ -40,6 +39,7 @@ import torch
 from pipeline import faults
 from pipeline.config import (
     DECODE_AUTO,
+    DECODE_CPU,
     DECODE_DRAFT,
     DECODE_GPU,
     DECODE_MODES,
@@ -64,9 +64,9 @@ from yolov4.gpu_jpeg import decode_jpegs, gpu_decodable, gpu_jpeg_available
 from yolov4.imageio import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
-    DRAFT_MIN_SCALE,
     decode_image,
     decode_image_reduced,
+    draft_min_size,
 )
 
 if TYPE_CHECKING:
@@ -272,11 +272,7 @@ class ShardProcessor:
         self._class_names = class_name_array(self.detector.class_names)
         self.decode_mode = resolve_decode_mode(config.decode, config.device)
         self._pin = self.detector.device.type == "cuda"
-        width, height = self.detector.input_size
-        self._draft_min_size = (
-            math.ceil(width * DRAFT_MIN_SCALE),
-            math.ceil(height * DRAFT_MIN_SCALE),
-        )
+        self._draft_min_size = draft_min_size(self.detector.input_size)
         self._local = LocalStorage()
         self._s3 = S3Storage(s3_options, max_pool_connections=config.fetch_threads + 1)
         self._fetch_pool = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fetch")
@@ -517,7 +513,7 @@ class ShardProcessor:
 
     def _decode_on_host(self, loaded: _Loaded, data: bytes, *, draft: bool) -> None:
         """Decode ``data`` with Pillow into ``loaded.image`` (or ``loaded.error``); ``draft``:
-        JPEGs at the smallest scale that still covers the network input."""
+        large JPEGs at a reduced scale keeping at least twice the network input."""
         limits = dict(
             max_pixels=self.config.max_image_pixels, max_bytes=self.config.max_image_bytes
         )
@@ -646,11 +642,11 @@ def _settle(
 def resolve_decode_mode(mode: str, device: str) -> str:
     """The decoding :data:`DECODE_MODES` entry ``mode`` means on ``device``.
 
-    ``auto`` is ``gpu`` where nvJPEG works on the device, else ``draft``. ``gpu`` where it does
+    ``auto`` is ``gpu`` where nvJPEG works on the device, else ``cpu``. ``gpu`` where it does
     not raises ``ValueError`` naming what is missing.
     """
     if mode == DECODE_AUTO:
-        return DECODE_GPU if gpu_jpeg_available(device) else DECODE_DRAFT
+        return DECODE_GPU if gpu_jpeg_available(device) else DECODE_CPU
     if mode == DECODE_GPU and not gpu_jpeg_available(device):
         raise ValueError(
             f"decode 'gpu' needs a CUDA device with torchvision's nvJPEG decoder, and {device!r} "

@@ -97,7 +97,7 @@ def test_draft_decoding_stays_within_tolerance_of_full_decoding(model, camera_ph
 def test_gpu_decoding_without_cuda_is_refused_naming_the_alternatives():
     with pytest.raises(ValueError, match=r"decode 'gpu' needs a CUDA device.*'draft' or 'cpu'"):
         resolve_decode_mode(DECODE_GPU, "cpu")
-    assert resolve_decode_mode("auto", "cpu") == DECODE_DRAFT
+    assert resolve_decode_mode("auto", "cpu") == DECODE_CPU
 
 
 def jpeg(image: Image.Image, **kwargs) -> bytes:

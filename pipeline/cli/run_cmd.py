@@ -122,9 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     res.add_argument(
         "--decode",
         choices=DECODE_MODES,
-        help="image decoding: gpu (nvJPEG, JPEGs), draft (JPEGs at the smallest scale covering "
-        "the network input), cpu (full size, darknet's exact input); auto (default): gpu on "
-        "CUDA with torchvision, else draft",
+        help="image decoding: cpu (full size: darknet's exact input), gpu (nvJPEG, for JPEGs), "
+        "draft (large JPEGs at reduced scale, faster, detections within a stated tolerance); "
+        "auto (default): gpu on CUDA with torchvision, else cpu",
     )
     res.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
     res.add_argument("--shards-per-actor", type=int, default=DEFAULT_SHARDS_PER_ACTOR)
