@@ -60,7 +60,7 @@ from pipeline.storage import (
 )
 from pipeline.uris import is_s3
 from yolov4.errors import ImageDecodeError
-from yolov4.gpu_jpeg import decode_jpegs, gpu_decodable, gpu_jpeg_available
+from yolov4.gpu_jpeg import decode_jpegs, encoded, gpu_decodable, gpu_jpeg_available
 from yolov4.imageio import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -86,6 +86,12 @@ FETCH_RETRY_BACKOFF_S = 0.5
 FETCH_RETRY_BACKOFF_MAX_S = 4.0
 _DOT_SEGMENT = re.compile(r"^s3://[^/]+/(?:.*/)?\.{1,2}(?:/|$)")
 _ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{12,}\b")
+
+
+#: Torch CPU threads of an actor whose model runs on CUDA, unless configured: its host-side
+#: tensor work (copies into pinned memory, small post-processing) runs on the decode threads
+#: and the model thread, each of which would otherwise start an OpenMP team of all the CPUs.
+CUDA_TORCH_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -174,15 +180,16 @@ class _Loaded:
     """One object on its way through fetch and decode.
 
     After decoding, exactly one of ``image`` (decoded on the host: ``[3, H, W]`` uint8, pinned
-    when the model is on CUDA), ``jpeg`` (a JPEG left for the GPU to decode with its batch) and
-    ``error`` is set. ``display_size``: ``(width, height)`` of the full image when ``image``
-    was decoded at a reduced scale (draft decoding), else ``None``.
+    when the model is on CUDA), ``jpeg`` (a JPEG's bytes as an ``[N]`` uint8 tensor, left for
+    the GPU to decode with its batch) and ``error`` is set. ``display_size``: ``(width,
+    height)`` of the full image when ``image`` was decoded at a reduced scale (draft
+    decoding), else ``None``.
     """
 
     row: int
     data: bytes | None = None
     image: torch.Tensor | None = None
-    jpeg: bytes | None = None
+    jpeg: torch.Tensor | None = None
     display_size: tuple[int, int] | None = None
     error: str | None = None
     size: int | None = None
@@ -263,7 +270,8 @@ class ShardProcessor:
         self.spec = spec
         self.config = config
         self.cpus = cpus or available_cpus()
-        self.torch_threads = config.torch_threads or self.cpus
+        cuda = config.device.startswith("cuda")
+        self.torch_threads = config.torch_threads or (CUDA_TORCH_THREADS if cuda else self.cpus)
         torch.set_num_threads(self.torch_threads)
         started = time.perf_counter()
         self.detector = spec.build_detector(
@@ -410,7 +418,7 @@ class ShardProcessor:
                 _settle(out, exception=exc)
                 return
             loaded: _Loaded = future.result()
-            if loaded.data is None:  # failed or cancelled: nothing to decode
+            if loaded.data is None:  # failed, cancelled, or left for the GPU: no host decode
                 _settle(out, loaded)
                 return
             try:
@@ -451,8 +459,11 @@ class ShardProcessor:
             loaded.error = f"fetch: {_fetch_reason(exc, uri)}"
             loaded.size, loaded.etag = size, getattr(obj, "etag", None)
         else:
-            loaded.data = data
             loaded.size = loaded.nbytes = len(data)
+            if self.decode_mode == DECODE_GPU and gpu_decodable(data, self.config.max_image_pixels):
+                loaded.jpeg = encoded(data)  # for the GPU, with its batch: no decode thread
+            else:
+                loaded.data = data
         loaded.fetch_s = time.perf_counter() - started
         return loaded
 
@@ -499,12 +510,7 @@ class ShardProcessor:
                 loaded.error = _too_large(len(data), self.config.max_image_bytes)
             else:
                 started = time.perf_counter()
-                if self.decode_mode == DECODE_GPU and gpu_decodable(
-                    data, self.config.max_image_pixels
-                ):
-                    loaded.jpeg = data  # decoded on the GPU with its batch
-                else:
-                    self._decode_on_host(loaded, data, draft=self.decode_mode == DECODE_DRAFT)
+                self._decode_on_host(loaded, data, draft=self.decode_mode == DECODE_DRAFT)
                 loaded.decode_s = time.perf_counter() - started
         except BaseException as exc:
             _settle(out, exception=exc)
@@ -560,8 +566,8 @@ class ShardProcessor:
         images = decode_jpegs([item.jpeg for item in jpegs], self.detector.device)
         for item, image in zip(jpegs, images):
             data, item.jpeg = item.jpeg, None
-            if image is None:
-                self._decode_on_host(item, data, draft=False)
+            if image is None:  # nvJPEG failed: Pillow decodes it, or says what is wrong
+                self._decode_on_host(item, data.numpy().tobytes(), draft=False)
             else:
                 item.image = image
             if item.image is not None:

@@ -507,7 +507,8 @@ class _Dispatcher:
             kwargs["max_image_bytes"] = self.config.max_image_bytes
         if self.config.max_image_pixels:
             kwargs["max_image_pixels"] = self.config.max_image_pixels
-        kwargs["torch_threads"] = max(1, int(cpus))
+        if self.config.gpus_per_actor == 0:  # a CUDA actor's torch threads: the actor's default
+            kwargs["torch_threads"] = max(1, int(cpus))
         return ActorConfig(**kwargs)
 
     def _new_actor(self):

@@ -120,3 +120,9 @@ def test_gpu_gate_takes_only_complete_ycbcr_or_grey_jpegs(sample_images):
     photo.save(png, "PNG")
     assert not gpu_decodable(png.getvalue(), max_pixels=None)
     assert not gpu_decodable(b"\xff\xd8\xff" + b"x" * 100 + b"\xff\xd9", max_pixels=None)
+    # An Adobe APP14 segment declaring RGB (transform 0) colour: nvJPEG would read it as YCbCr.
+    adobe_rgb = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+    assert not gpu_decodable(good[:2] + adobe_rgb + good[2:], max_pixels=None)
+    adobe_ycbcr = adobe_rgb[:-1] + b"\x01"
+    assert gpu_decodable(good[:2] + adobe_ycbcr + good[2:], max_pixels=None)
+    assert Image.open(io.BytesIO(good[:2] + adobe_ycbcr + good[2:])).size == photo.size

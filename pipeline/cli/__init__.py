@@ -26,6 +26,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli import (
+        bench_cmd,
         detect_cmd,
         eval_cmd,
         export_cmd,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         jobs_cmd,
         export_cmd,
         eval_cmd,
+        bench_cmd,
     ):
         module.register(subparsers)
     return parser
