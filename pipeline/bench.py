@@ -73,7 +73,7 @@ from yolov4.compare import (
 from yolov4.config import DEFAULT_CONFIGS, ModelConfig
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg, read_names
 from yolov4.darknet_weights import load_darknet_weights, save_darknet_weights
-from yolov4.detector import PRECISIONS, Detection, Detector
+from yolov4.detector import PRECISIONS, Detection, Detector, fast_on_cpu
 from yolov4.errors import WeightsIntegrityError, WeightsUnavailableError, YoloError
 from yolov4.flops import model_flops
 from yolov4.gpu_jpeg import decode_jpegs, encoded, gpu_decodable, gpu_jpeg_available
@@ -1093,8 +1093,12 @@ def report_notes(config: BenchConfig, device: torch.device, report: dict) -> lis
             "on CPU the decode threads compete with the model for the same cores: the input "
             "headroom is an upper bound, and end to end pays for the sharing"
         )
-        if any(p != "fp32" for p in config.precisions):
-            notes.append("fp16/bf16 on CPU are for checking numerics, not for speed")
+        slow = [p for p in config.precisions if not fast_on_cpu(p)]
+        if slow:
+            notes.append(
+                f"{'/'.join(slow)} on this CPU has no native kernels: for checking numerics, "
+                "not for speed"
+            )
     if STAGE_DECODE in config.only and device.type == "cuda":
         notes.append(
             "input headroom counts CPU decoding; with --decode gpu the GPU decodes the JPEGs"

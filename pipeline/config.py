@@ -95,8 +95,9 @@ class RunConfig:
                 f"decode {self.decode!r} is not one of {', '.join(DECODE_MODES)}",
             ),
             (
-                self.precision == "fp32" or self.gpus_per_actor > 0,
-                f"precision {self.precision} runs on GPUs only: add --gpus-per-actor, or use fp32",
+                self.precision != "fp16" or self.gpus_per_actor > 0,
+                "precision fp16 runs on GPUs only (PyTorch has no fast fp16 kernels for CPUs): "
+                "add --gpus-per-actor, or use fp32, or bf16 on CPUs with AVX512-BF16 or AMX",
             ),
         ]
         for ok, message in checks:

@@ -33,7 +33,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, remote_files: bool =
     options.add_argument("--classes", help="comma-separated class names or ids to keep")
     options.add_argument("--max-det", type=int, default=300, help="detections per image (300)")
     options.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default="fp32", help="fp16/bf16: CUDA only"
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="fp16: CUDA; bf16: CUDA, or CPUs with AVX512-BF16 or AMX (about 2x fp32)",
     )
 
 
