@@ -30,7 +30,9 @@ boxes, scores and class ids. (``compute=ActorPoolStrategy(size=n)`` is what
   (unless the environment sets it); the peer's actors get the same through their
   ``runtime_env`` (``--peer-plain-env`` leaves it out, as a plain script would).
 
-**Ours** is ``pipeline.driver.run`` on the same local folder: 1 actor x ``--cpus`` CPUs, batch
+**Ours** is ``pipeline.driver.run`` on the same local folder, with the driver's default actor
+layout (one single-CPU actor per CPU) or ``--ours-actors N`` actors of ``--cpus / N`` CPUs, shards
+of ``--shard-size`` (48: every actor gets work on a few hundred images), batch
 ``--batch-size``, the default shard size unless ``--shard-size``, output to a fresh temporary
 folder.
 
@@ -99,6 +101,8 @@ DEFAULT_MODEL = "yolov4-tiny"
 DEFAULT_INPUT_SIZE = 416
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_CPUS = 2
+#: Our shards: small enough that each of our actors gets several of the benchmark's images.
+DEFAULT_OURS_SHARD_SIZE = 48
 #: Rounds run first and discarded (both contenders), to warm Ray, the page cache and imports.
 WARMUP_ROUNDS = 1
 #: Logical CPUs left to Ray Data's read and write tasks (each asks for 1 CPU by default).
@@ -261,8 +265,10 @@ def run_ours(
     batch_size: int,
     cpus: int,
     shard_size: int | None = None,
+    actors: int | None = None,
 ) -> dict:
-    """``pipeline.driver.run`` (1 actor x ``cpus`` CPUs), timed end to end."""
+    """``pipeline.driver.run`` timed end to end: the driver's default actor layout, or
+    ``actors`` actors sharing the ``cpus``."""
     from pipeline import driver
     from pipeline.config import ModelChoice, RunConfig
     from pipeline.model_spec import DetectorOptions
@@ -274,8 +280,8 @@ def run_ours(
         model=ModelChoice(model),
         detector=DetectorOptions(input_size=input_size),
         batch_size=batch_size,
-        num_actors=1,
-        cpus_per_actor=cpus,
+        num_actors=actors,
+        cpus_per_actor=cpus / actors if actors else None,
         **extra,
     )
     started = time.perf_counter()
@@ -498,7 +504,12 @@ def run_rounds(args, folder: Path, work: Path, monitor: LoadMonitor) -> list[dic
                 result = run_peer(folder, output, settings=settings, **common)
             else:
                 result = run_ours(
-                    folder, output, cpus=args.cpus, shard_size=args.shard_size, **common
+                    folder,
+                    output,
+                    cpus=args.cpus,
+                    shard_size=args.shard_size,
+                    actors=args.ours_actors,
+                    **common,
                 )
             monitor.wait_past(result["t1"])
             load = monitor.interval(result["t0"], result["t1"])
@@ -551,6 +562,10 @@ def summarize(rounds: list[dict]) -> dict:
     return out
 
 
+def _layout(actors: int | None) -> str:
+    return f"{actors} actor(s)" if actors else "one actor per CPU"
+
+
 def report(results: dict) -> None:
     summary, same = results["summary"], results["comparison"]
     args = results["args"]
@@ -569,7 +584,8 @@ def report(results: dict) -> None:
         f"peer: {settings['actors']} actor(s) x {settings['actor_cpus']:g} CPU(s), "
         f"{settings['torch_threads']} torch thread(s) each, OMP_WAIT_POLICY "
         f"{'as the environment has it' if settings['plain_env'] else OMP_WAIT_POLICY}; ours: "
-        f"1 actor x {args['cpus']} CPUs, shard size {args['shard_size'] or 'default'}"
+        f"{_layout(args.get('ours_actors'))} sharing {args['cpus']} CPUs, "
+        f"shard size {args['shard_size'] or 'default'}"
     )
     header = f"{'contender':<22}{'img/s':>8}{'s/job':>8}{'CPU ms/img':>12}{'other load':>12}"
     print(header)
@@ -607,7 +623,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--cpus", type=int, default=DEFAULT_CPUS, help="CPUs of the local Ray")
-    parser.add_argument("--shard-size", type=int, help="our shard size (default: the driver's)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_OURS_SHARD_SIZE,
+        help=f"our shard size ({DEFAULT_OURS_SHARD_SIZE})",
+    )
+    parser.add_argument(
+        "--ours-actors",
+        type=int,
+        help="our actors, sharing --cpus (default: the driver's, one per CPU)",
+    )
     parser.add_argument(
         "--peer-actors",
         type=int,

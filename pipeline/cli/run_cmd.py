@@ -113,7 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     res = parser.add_argument_group("resources")
     res.add_argument("--batch-size", type=int, help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     res.add_argument("--shard-size", type=int, help=f"images per shard ({DEFAULT_SHARD_SIZE})")
-    res.add_argument("--actors", type=int, help="detector actors (default: one per GPU, or 1)")
+    res.add_argument(
+        "--actors", type=int, help="detector actors (default: one per GPU, or one per CPU)"
+    )
     res.add_argument(
         "--gpus-per-actor", type=float, help="GPUs per actor (0 = CPU, the default; 0.5 shares)"
     )
