@@ -155,16 +155,18 @@ class PeerPredictor:
     """The peer's ``map_batches`` class: one per actor, holding one detector.
 
     ``torch_threads``: set here, because Ray sets ``OMP_NUM_THREADS`` to the actor's
-    ``num_cpus`` (see the module docstring).
+    ``num_cpus`` (see the module docstring); ``None`` leaves Ray's setting, as the script is
+    usually written.
     """
 
-    def __init__(self, model: str, input_size: int, torch_threads: int) -> None:
+    def __init__(self, model: str, input_size: int, torch_threads: int | None) -> None:
         import torch
 
         from yolov4.detector import Detector
         from yolov4.imageio import decode_image
 
-        torch.set_num_threads(torch_threads)
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         self.torch = torch
         self.decode_image = decode_image
         self.detector = Detector.from_pretrained(model, input_size=input_size)
@@ -193,19 +195,24 @@ class PeerPredictor:
 class PeerSettings:
     actors: int
     actor_cpus: float
-    torch_threads: int
+    torch_threads: int | None
     plain_env: bool = False
 
 
-def peer_settings(cpus: int, actors: int = 1, *, plain_env: bool = False) -> PeerSettings:
-    """The peer's actor pool on ``cpus`` logical CPUs (see the module docstring)."""
+def peer_settings(
+    cpus: int, actors: int = 1, *, plain_env: bool = False, as_written: bool = False
+) -> PeerSettings:
+    """The peer's actor pool on ``cpus`` logical CPUs (see the module docstring).
+
+    ``as_written``: the script as the guide writes it, with Ray's thread and OpenMP settings
+    (one torch thread per actor CPU, OpenMP threads spinning)."""
     if cpus <= PEER_TASK_CPUS:
         raise ValueError(f"the peer needs more than {PEER_TASK_CPUS} CPU(s), got {cpus}")
     return PeerSettings(
         actors=actors,
         actor_cpus=(cpus - PEER_TASK_CPUS) / actors,
-        torch_threads=max(1, cpus // actors),
-        plain_env=plain_env,
+        torch_threads=None if as_written else max(1, cpus // actors),
+        plain_env=plain_env or as_written,
     )
 
 
@@ -484,7 +491,12 @@ def another_round(args, rounds: list[dict], last_round_s: float) -> bool:
 
 
 def run_rounds(args, folder: Path, work: Path, monitor: LoadMonitor) -> list[dict]:
-    settings = peer_settings(args.cpus, args.peer_actors, plain_env=args.peer_plain_env)
+    settings = peer_settings(
+        args.cpus,
+        args.peer_actors,
+        plain_env=args.peer_plain_env,
+        as_written=args.peer_as_written,
+    )
     common = dict(model=args.model, input_size=args.input_size, batch_size=args.batch_size)
     rounds: list[dict] = []
     last_round_s = 0.0
@@ -582,7 +594,7 @@ def report(results: dict) -> None:
     )
     print(
         f"peer: {settings['actors']} actor(s) x {settings['actor_cpus']:g} CPU(s), "
-        f"{settings['torch_threads']} torch thread(s) each, OMP_WAIT_POLICY "
+        f"{settings['torch_threads'] or 'Ray-set'} torch thread(s) each, OMP_WAIT_POLICY "
         f"{'as the environment has it' if settings['plain_env'] else OMP_WAIT_POLICY}; ours: "
         f"{_layout(args.get('ours_actors'))} sharing {args['cpus']} CPUs, "
         f"shard size {args['shard_size'] or 'default'}"
@@ -641,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
         help="actors of the peer's pool (torch threads each: --cpus / this)",
     )
     parser.add_argument(
+        "--peer-as-written",
+        action="store_true",
+        help="the peer as the guide writes it: Ray's torch threads (1 per actor CPU) and OpenMP "
+        "settings",
+    )
+    parser.add_argument(
         "--peer-plain-env",
         action="store_true",
         help=f"do not give the peer's actors OMP_WAIT_POLICY={OMP_WAIT_POLICY} (ours get it)",
@@ -693,7 +711,12 @@ def main(argv: list[str] | None = None) -> int:
         comparison = compare_results(
             read_ours(Path(last[OURS]["output"])), read_peer(Path(last[PEER]["output"]))
         )
-        settings = peer_settings(args.cpus, args.peer_actors, plain_env=args.peer_plain_env)
+        settings = peer_settings(
+            args.cpus,
+            args.peer_actors,
+            plain_env=args.peer_plain_env,
+            as_written=args.peer_as_written,
+        )
         results = {
             "cpu": cpu_model(),
             "machine_cpus": os.cpu_count(),
