@@ -27,7 +27,6 @@ dependencies are installed, as ``python -m pipeline.bench`` (same options as the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -74,7 +73,7 @@ from yolov4.config import DEFAULT_CONFIGS, ModelConfig
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg, read_names
 from yolov4.darknet_weights import load_darknet_weights, save_darknet_weights
 from yolov4.detector import PRECISIONS, Detection, Detector, fast_on_cpu
-from yolov4.errors import WeightsIntegrityError, WeightsUnavailableError, YoloError
+from yolov4.errors import WeightsIntegrityError, WeightsUnavailableError
 from yolov4.flops import model_flops
 from yolov4.gpu_jpeg import decode_jpegs, encoded, gpu_decodable, gpu_jpeg_available
 from yolov4.hub import fetch, local_path, verify
@@ -1270,183 +1269,7 @@ def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-# --------------------------------------------------------------------------- command line
+if __name__ == "__main__":  # ``python -m pipeline.bench``: the command line, without Ray
+    from pipeline.cli.bench_cmd import main
 
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers separated by commas, got {text!r}"
-        ) from None
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    try:
-        return int(width), int(height) if sep else int(width)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}"
-        ) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``yolo-batch bench`` and ``python -m pipeline.bench``."""
-    model = parser.add_argument_group("model (a pretrained name, or a darknet cfg + weights)")
-    model.add_argument("--model", help=f"pretrained name (default {DEFAULT_MODEL})")
-    model.add_argument("--cfg", help="darknet .cfg of a custom model")
-    model.add_argument("--weights", help="darknet .weights matching --cfg")
-    model.add_argument("--names", help="class names file, one per line")
-    model.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="generated weights (fixed seed) for a model whose weights are not at hand: "
-        "speed does not depend on the values",
-    )
-    model.add_argument("--size", type=int, help="network input size (multiple of 32)")
-    run = parser.add_argument_group("what to run")
-    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cpu)")
-    run.add_argument(
-        "--batch-size",
-        type=_int_list,
-        default=(),
-        metavar="N[,N...]",
-        help="images per forward; a comma list sweeps (default 8 on CPU, 32 on CUDA)",
-    )
-    run.add_argument(
-        "--precision",
-        type=_name_list,
-        default=("fp32",),
-        metavar="P[,P...]",
-        help=f"{', '.join(PRECISIONS)}; a comma list sweeps (fp32)",
-    )
-    run.add_argument(
-        "--decode",
-        type=_name_list,
-        default=(DECODE_AUTO,),
-        metavar="MODE[,MODE...]",
-        help=f"end to end decoding: {', '.join(DECODE_MODES)}; a comma list sweeps (auto)",
-    )
-    run.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
-    run.add_argument("--decode-threads", type=int, help="decode threads (default: the CPUs)")
-    run.add_argument(
-        "--fetch-threads", type=int, default=DEFAULT_FETCH_THREADS, help="read threads (16)"
-    )
-    run.add_argument(
-        "--seconds",
-        type=float,
-        default=DEFAULT_SECONDS,
-        help=f"timed seconds per figure, after a warm-up ({DEFAULT_SECONDS:g})",
-    )
-    run.add_argument(
-        "--only",
-        type=_name_list,
-        default=STAGES,
-        metavar="STAGE[,STAGE...]",
-        help=f"which figures: {','.join(STAGES)} (all)",
-    )
-    run.add_argument(
-        "--check",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compare fp16/bf16 detections with fp32 on the sample photos (default: when a "
-        "half precision is measured with trained weights)",
-    )
-    data = parser.add_argument_group("images")
-    data.add_argument(
-        "--images", type=int, default=DEFAULT_IMAGES, help=f"how many ({DEFAULT_IMAGES})"
-    )
-    data.add_argument(
-        "--image-size",
-        type=_image_size,
-        default=DEFAULT_IMAGE_SIZE,
-        metavar="WxH",
-        help="generated JPEGs' size (1280x720)",
-    )
-    data.add_argument(
-        "--source", help="use these images instead: a local folder, s3:// prefix or manifest"
-    )
-    data.add_argument(
-        "--shard-size",
-        type=int,
-        default=DEFAULT_SHARD_SIZE,
-        help=f"images per end-to-end shard, rounded up to whole batches ({DEFAULT_SHARD_SIZE})",
-    )
-    data.add_argument("--seed", type=int, default=RANDOM_WEIGHTS_SEED, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """The :class:`BenchConfig` the parsed options describe."""
-    return BenchConfig(
-        model=args.model,
-        cfg=args.cfg,
-        weights=args.weights,
-        names=args.names,
-        random_weights=args.random_weights,
-        size=args.size,
-        batch_sizes=tuple(args.batch_size),
-        precisions=tuple(args.precision),
-        device=args.device,
-        decode=tuple(args.decode),
-        threads=args.threads,
-        decode_threads=args.decode_threads,
-        fetch_threads=args.fetch_threads,
-        seconds=args.seconds,
-        only=tuple(args.only),
-        images=args.images,
-        image_size=tuple(args.image_size),
-        source=args.source,
-        shard_size=args.shard_size,
-        check=args.check,
-        seed=args.seed,
-    )
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run the benchmark the options describe, print the tables, write the JSON; exit code."""
-    report = run_bench(config_from_args(args))
-    _print(format_table(report))
-    if args.json:
-        write_json(report, args.json)
-        _print(f"wrote {args.json}")
-    return 0
-
-
-def _print(text: str, *, stream=None) -> None:
-    print(text, file=stream or sys.stdout, flush=True)  # noqa: T201
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.bench``: the same options as ``yolo-batch bench``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors; the CLI's contract says 1
-        return 1 if exc.code == 2 else int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run_command(args)
-    except KeyboardInterrupt:
-        _print("bench: interrupted", stream=sys.stderr)
-        return 130
-    except (YoloError, ValueError, OSError) as exc:
-        _print(f"bench: error: {' '.join(str(exc).split())}", stream=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
     sys.exit(main())

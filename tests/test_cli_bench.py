@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from pipeline import bench
+from pipeline.cli import bench_cmd
 from pipeline.cli import main as cli_main
 from yolov4.config import DEFAULT_CONFIGS
 from yolov4.flops import model_flops
@@ -47,7 +48,8 @@ def bench_environment(cache: Path):
 
 
 def run_cli(argv: list[str], cache: Path, *, entry=cli_main) -> tuple[int, str, str]:
-    """Run ``yolo-batch`` (or ``pipeline.bench.main``) in process: exit code, stdout, stderr."""
+    """Run ``yolo-batch`` (or the ``main`` of ``python -m pipeline.bench``) in process: exit
+    code, stdout, stderr."""
     out, err = io.StringIO(), io.StringIO()
     with bench_environment(cache), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = entry(argv)
@@ -138,7 +140,7 @@ def test_random_weights_for_yolov4_at_a_small_size(cache, sample_images, tmp_pat
         *SMALL, "--model", "yolov4", "--random-weights", "--size", "64", "--only", "model",
         "--batch-size", "1", "--seconds", "0.1", "--json", str(path),
     ]  # fmt: skip
-    code, out, err = run_cli(argv, cache, entry=bench.main)
+    code, out, err = run_cli(argv, cache, entry=bench_cmd.main)
     assert code == 0, err
     assert "yolov4 at 64x64" in out and "random weights" in out
     report = json.loads(path.read_text())
