@@ -527,7 +527,7 @@ class ShardProcessor:
             if draft:
                 decoded = decode_image_reduced(data, min_size=self._draft_min_size, **limits)
                 pixels = decoded.pixels
-                if decoded.size != (pixels.shape[1], pixels.shape[0]):
+                if decoded.reduced:
                     loaded.display_size = decoded.size
             else:
                 pixels = decode_image(data, **limits)
