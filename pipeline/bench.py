@@ -66,6 +66,7 @@ from yolov4 import imageio
 from yolov4.compare import (
     GPU_DECODE_TOLERANCE,
     PRECISION_TOLERANCES,
+    Tolerance,
     max_differences,
     mismatches,
 )
@@ -929,31 +930,12 @@ def fidelity_check(
         threshold = detector.conf_threshold
         del detector
         _free_device_memory(device)
-        tolerance = PRECISION_TOLERANCES[precision]
-        problems = [
-            f"image {index}: {problem}"
-            for index, (ref, fast) in enumerate(zip(reference, found))
-            for problem in mismatches(ref, fast, tolerance, threshold)
-        ]
-        worst = [max_differences(ref, fast) for ref, fast in zip(reference, found)]
-        rows.append(
-            {
-                "precision": precision,
-                "reference": "fp32",
-                "images": len(photos),
-                "on": where,
-                "reference_detections": sum(len(ref) for ref in reference),
-                "detections": sum(len(fast) for fast in found),
-                "max_score_diff": max(score for score, _ in worst),
-                "min_iou": min(overlap for _, overlap in worst),
-                "score_tolerance": tolerance.score_tol,
-                "min_iou_tolerance": tolerance.min_iou,
-                "mismatch_count": len(problems),
-                "mismatches": problems[:MAX_REPORTED_MISMATCHES],
-                "passed": not problems,
-            }
-        )
-        logger.info("fidelity %s vs fp32: %s", precision, "PASS" if not problems else "FAIL")
+        row = _fidelity_row(
+            reference, found, PRECISION_TOLERANCES[precision], threshold, precision=precision,
+            reference="fp32", images=len(photos), on=where,
+        )  # fmt: skip
+        rows.append(row)
+        logger.info("fidelity %s vs fp32: %s", precision, "PASS" if row["passed"] else "FAIL")
     if device.type == "cuda" and gpu_jpeg_available(str(device)):
         rows.append(gpu_decode_check(model, images, device))
     return rows
@@ -971,56 +953,58 @@ def gpu_decode_check(model: BenchModel, images: ImageSet, device: torch.device) 
     failed = sum(image is None for image in on_gpu)
     sizes_differ = sum(g is not None and g.shape != c.shape for g, c in zip(on_gpu, on_cpu))
     pairs = [(c, g) for c, g in zip(on_cpu, on_gpu) if g is not None]
-    reference = _detections(detector, [c for c, _ in pairs])
-    found = _detections(detector, [g for _, g in pairs])
+    reference = [detector.per_image(detector.detect_batch([c]))[0] for c, _ in pairs]
+    found = [detector.per_image(detector.detect_batch([g]))[0] for _, g in pairs]
     pixel_diff = [(g.cpu().int() - c.int()).abs() for c, g in pairs if g.shape == c.shape]
     threshold = detector.conf_threshold
     del detector
     _free_device_memory(device)
+    extra = [f"{failed} file(s) nvJPEG could not decode"] * bool(failed)
+    extra += [f"{sizes_differ} file(s) decoded to another size"] * bool(sizes_differ)
+    row = _fidelity_row(
+        reference, found, GPU_DECODE_TOLERANCE, threshold, extra_problems=extra,
+        precision="fp32", decode="gpu", reference="Pillow decode", images=len(files),
+        on="the benchmark's JPEGs and EXIF-rotated sample photos",
+        max_pixel_diff=max((int(d.max()) for d in pixel_diff), default=0),
+        mean_pixel_diff=statistics.fmean(float(d.float().mean()) for d in pixel_diff)
+        if pixel_diff
+        else 0.0,
+    )  # fmt: skip
+    logger.info("fidelity of GPU decoding vs Pillow: %s", "PASS" if row["passed"] else "FAIL")
+    return row
+
+
+def _fidelity_row(
+    expected: Sequence[list[Detection]],
+    found: Sequence[list[Detection]],
+    tolerance: Tolerance,
+    threshold: float,
+    *,
+    extra_problems: Sequence[str] = (),
+    **fields: Any,
+) -> dict:
+    """One fidelity row: ``fields`` (what was compared, on what), the worst differences, the
+    mismatches of ``found`` from ``expected`` beyond ``tolerance`` (plus ``extra_problems``)
+    and the verdict."""
     problems = [
         f"image {index}: {problem}"
-        for index, (ref, fast) in enumerate(zip(reference, found))
-        for problem in mismatches(ref, fast, GPU_DECODE_TOLERANCE, threshold)
+        for index, (ref, fast) in enumerate(zip(expected, found))
+        for problem in mismatches(ref, fast, tolerance, threshold)
     ]
-    problems += [f"{failed} file(s) nvJPEG could not decode"] * bool(failed)
-    problems += [f"{sizes_differ} file(s) decoded to another size"] * bool(sizes_differ)
-    worst = [max_differences(ref, fast) for ref, fast in zip(reference, found)]
-    row = {
-        "precision": "fp32",
-        "decode": "gpu",
-        "reference": "Pillow decode",
-        "images": len(files),
-        "on": "the benchmark's JPEGs and EXIF-rotated sample photos",
-        "reference_detections": sum(len(ref) for ref in reference),
+    problems += extra_problems
+    worst = [max_differences(ref, fast) for ref, fast in zip(expected, found)]
+    return {
+        **fields,
+        "reference_detections": sum(len(ref) for ref in expected),
         "detections": sum(len(fast) for fast in found),
         "max_score_diff": max((score for score, _ in worst), default=0.0),
         "min_iou": min((overlap for _, overlap in worst), default=1.0),
-        "max_pixel_diff": max((int(d.max()) for d in pixel_diff), default=0),
-        "mean_pixel_diff": statistics.fmean(float(d.float().mean()) for d in pixel_diff)
-        if pixel_diff
-        else 0.0,
-        "score_tolerance": GPU_DECODE_TOLERANCE.score_tol,
-        "min_iou_tolerance": GPU_DECODE_TOLERANCE.min_iou,
+        "score_tolerance": tolerance.score_tol,
+        "min_iou_tolerance": tolerance.min_iou,
         "mismatch_count": len(problems),
         "mismatches": problems[:MAX_REPORTED_MISMATCHES],
         "passed": not problems,
     }
-    logger.info("fidelity of GPU decoding vs Pillow: %s", "PASS" if not problems else "FAIL")
-    return row
-
-
-def _detections(detector: Detector, images: list[torch.Tensor]) -> list[list]:
-    """Per image, its :class:`~yolov4.detector.Detection` list (``detect_batch``, one by one)."""
-    out = []
-    for image in images:
-        boxes, scores, class_ids = detector.detect_batch([image]).to("cpu").split()[0]
-        out.append(
-            [
-                Detection(*box, score, class_id, detector.class_names[class_id])
-                for box, score, class_id in zip(boxes.tolist(), scores.tolist(), class_ids.tolist())
-            ]
-        )
-    return out
 
 
 def _exif_rotated(photo: np.ndarray) -> bytes:

@@ -336,17 +336,19 @@ class Detector:
         for start in range(0, len(images), batch_size):
             arrays = load_images(images[start : start + batch_size], max_pixels=max_pixels)
             tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
-            detections = self.detect_batch(tensors).to("cpu")
-            for boxes, scores, class_ids in detections.split():
-                results.append(
-                    [
-                        Detection(*box, score, class_id, self.class_names[class_id])
-                        for box, score, class_id in zip(
-                            boxes.tolist(), scores.tolist(), class_ids.tolist()
-                        )
-                    ]
-                )
+            results += self.per_image(self.detect_batch(tensors))
         return results
+
+    def per_image(self, detections: Detections) -> list[list[Detection]]:
+        """Flat batch :class:`~yolov4.postprocess.Detections` (any device) as one list of
+        :class:`Detection` per image, highest score first."""
+        return [
+            [
+                Detection(*box, score, class_id, self.class_names[class_id])
+                for box, score, class_id in zip(boxes.tolist(), scores.tolist(), class_ids.tolist())
+            ]
+            for boxes, scores, class_ids in detections.to("cpu").split()
+        ]
 
     # ----------------------------------------------------------------- helpers
     def _forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
