@@ -10,7 +10,15 @@ For each shard the processor streams the shard's objects through three overlappi
         -> batches of batch_size decoded images, in plan order -> detector (calling thread)
 
 At most ``lookahead`` images are fetched or decoded ahead of the model, so memory stays flat
-however large the shard, while the next images load during each forward pass. Per-image
+however large the shard, while the next images load during each forward pass.
+
+Shards overlap too: :meth:`ShardProcessor.process` may run in several threads at once (the Ray
+actor takes as many concurrent calls as the driver keeps shards queued on it). The model serves
+one shard at a time, in arrival order (:class:`ModelTurns`); a later shard fetches and decodes
+its first ``lookahead`` images while the one before it finishes, and the model moves on to it
+while the earlier one writes its Parquet files. So neither the ramp-up of a shard's input nor
+its output write leaves the model idle, and memory stays bounded by one window per queued
+shard. Per-image
 failures (missing object, over the byte limit, unreadable, undecodable) become ``images`` rows
 with status ``error``. A transient read failure (throttling, 5xx, timeout, dropped connection)
 is retried per image; if it persists, it raises like failures of the model or of writing the
@@ -151,8 +159,9 @@ class ShardResult:
     Timings in seconds: ``seconds`` wall time of the attempt; ``detect_seconds`` in the model
     (preprocessing, forward, decode, NMS, copy to host); ``fetch_seconds`` / ``decode_seconds``
     summed over the I/O and decode threads; ``wait_seconds`` the model side spent waiting for
-    decoded images (near zero when I/O keeps up); ``write_seconds`` serialising and writing the
-    Parquet files.
+    decoded images (near zero when I/O keeps up); ``queued_seconds`` waiting for the model to
+    finish the shards that arrived before this one (its first images load meanwhile);
+    ``write_seconds`` serialising and writing the Parquet files.
     """
 
     run_id: str
@@ -173,6 +182,7 @@ class ShardResult:
     write_seconds: float = 0.0
     num_batches: int = 0
     bytes_written: int = 0
+    queued_seconds: float = 0.0
 
 
 @dataclass
@@ -216,6 +226,7 @@ class _ShardState:
     fetch_s: float = 0.0
     decode_s: float = 0.0
     wait_s: float = 0.0
+    queued_s: float = 0.0
     detect_s: float = 0.0
     num_batches: int = 0
 
@@ -230,6 +241,44 @@ class _ShardState:
     def set_error(self, row: int, error: str) -> None:
         self.status[row], self.error[row] = STATUS_ERROR, error
         self.width[row] = self.height[row] = None
+
+
+class ModelTurns:
+    """The model's turns among concurrent shards: one shard at a time, in arrival order.
+
+    Each shard :meth:`take` s a ticket when it starts, :meth:`wait` s for its turn before its
+    first batch, and :meth:`release` s the ticket after its last batch (or when it fails), so
+    the next shard's batches start while it writes its output. A ticket released before its
+    turn (a shard that failed early) is skipped.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._issued = 0
+        self._serving = 0
+        self._released: set[int] = set()
+
+    def take(self) -> int:
+        with self._changed:
+            ticket = self._issued
+            self._issued += 1
+            return ticket
+
+    def wait(self, ticket: int) -> float:
+        """Block until ``ticket``'s turn; returns the seconds waited."""
+        started = time.perf_counter()
+        with self._changed:
+            self._changed.wait_for(lambda: self._serving == ticket)
+        return time.perf_counter() - started
+
+    def release(self, ticket: int) -> None:
+        """Give up ``ticket``'s turn, or its place in the queue. Idempotent."""
+        with self._changed:
+            self._released.add(ticket)
+            while self._serving in self._released:
+                self._released.discard(self._serving)
+                self._serving += 1
+            self._changed.notify_all()
 
 
 def available_cpus() -> int:
@@ -249,7 +298,11 @@ def available_cpus() -> int:
 
 
 class ShardProcessor:
-    """Runs shards through one detector; reusable across shards, not thread-safe.
+    """Runs shards through one detector; reusable across shards.
+
+    :meth:`process` may be called from several threads at once: the shards share the fetch
+    and decode pools and take the model in turns (:class:`ModelTurns`), so one shard's input
+    loads and another's output writes while the model works. Not :meth:`close` meanwhile.
 
     Args:
         spec, weights: the model, built once here on ``config.device``.
@@ -287,6 +340,7 @@ class ShardProcessor:
         self._decode_pool = ThreadPoolExecutor(
             config.decode_threads or self.cpus, thread_name_prefix="decode"
         )
+        self._turns = ModelTurns()
         self._closed = False
         logger.info(
             "loaded %s on %s in %.1fs (torch threads %d, fetch threads %d, decode threads %d, "
@@ -322,6 +376,16 @@ class ShardProcessor:
                 next_row += 1
 
         batch: list[_Loaded] = []
+        ticket = self._turns.take()
+        has_turn = False
+
+        def detect(batch: list[_Loaded]) -> None:
+            nonlocal has_turn
+            if not has_turn:  # the shards before this one are still on the model
+                state.queued_s += self._turns.wait(ticket)
+                has_turn = True
+            self._detect(state, batch)
+
         try:
             refill()
             while pending:
@@ -333,15 +397,17 @@ class ShardProcessor:
                 if loaded.image is not None or loaded.jpeg is not None:
                     batch.append(loaded)
                     if len(batch) == self.config.batch_size:
-                        self._detect(state, batch)
+                        detect(batch)
                         batch = []
             if batch:
-                self._detect(state, batch)
+                detect(batch)
         except BaseException:
             cancel.set()  # queued fetches and decodes of this shard turn into no-ops
             for future in pending:
                 future.cancel()
             raise
+        finally:
+            self._turns.release(ticket)  # the next shard's batches run while this one writes
 
         files, bytes_written, write_s = self._write(task, state, objects)
         seconds = time.perf_counter() - started
@@ -365,10 +431,11 @@ class ShardProcessor:
             write_seconds=write_s,
             num_batches=state.num_batches,
             bytes_written=bytes_written,
+            queued_seconds=state.queued_s,
         )
         logger.info(
             "shard %d (attempt %d): %d images, %d errors, %d detections in %.2fs "
-            "(%.1f images/s; detect %.2fs, waited %.2fs, write %.2fs)",
+            "(%.1f images/s; detect %.2fs, waited %.2fs, queued %.2fs, write %.2fs)",
             task.shard_id,
             task.attempt,
             result.num_images,
@@ -378,6 +445,7 @@ class ShardProcessor:
             result.num_images / seconds if seconds > 0 else 0.0,
             state.detect_s,
             state.wait_s,
+            state.queued_s,
             write_s,
         )
         return result

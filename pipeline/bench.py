@@ -9,8 +9,8 @@ Four figures, each measured for at least ``seconds`` after a warm-up:
   host) on images already decoded, resized to the network input and resident on the device as
   uint8 ``[3, h, w]`` tensors, so the resize is a no-op; in images/s and achieved TFLOP/s;
 - **end to end**: :class:`pipeline.actor.ShardProcessor`, the actor's own worker, in this
-  process (no Ray): read, decode, detect and write Parquet, shard after shard; images / wall
-  time of the timed shards;
+  process (no Ray): read, decode, detect and write Parquet, with as many shards in flight as
+  the driver queues on an actor; images / wall time of the timed shards;
 - **ratios**: end-to-end / model-only (what the input side and the writes cost), and
   decode images/s per core x decode threads / model-only (the input-side headroom: above 1 the
   decode threads can feed the model).
@@ -42,7 +42,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,10 +57,11 @@ from PIL import Image
 from pipeline.actor import (
     ActorConfig,
     ShardProcessor,
+    ShardResult,
     ShardTask,
     available_cpus,
 )
-from pipeline.config import DECODE_AUTO, DECODE_GPU, DECODE_MODES
+from pipeline.config import DECODE_AUTO, DECODE_GPU, DECODE_MODES, DEFAULT_SHARDS_PER_ACTOR
 from pipeline.model_spec import DEFAULT_MODEL, DetectorOptions, ModelSpec, resolve_model
 from pipeline.sources import open_source
 from pipeline.storage import storage_for
@@ -817,15 +820,18 @@ def _free_device_memory(device: torch.device) -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def shard_task(objects: Sequence, shard_size: int, output_root: Path, index: int) -> ShardTask:
-    """Shard ``index``: the next ``shard_size`` objects, cycling over ``objects`` in order."""
+def shard_task(
+    objects: Sequence, shard_size: int, output_root: Path | str, index: int
+) -> ShardTask:
+    """Shard ``index``: the next ``shard_size`` objects, cycling over ``objects`` in order.
+    ``output_root``: a local folder, or an ``s3://`` URI as a string."""
     start = index * shard_size
     return ShardTask(
         run_id=BENCH_RUN_ID,
         shard_id=index,
         attempt=1,
         attempt_token=f"a1-{index:04d}",
-        output_root=str(output_root.resolve()),
+        output_root=output_root if isinstance(output_root, str) else str(output_root.resolve()),
         objects=tuple(objects[(start + k) % len(objects)] for k in range(shard_size)),
     )
 
@@ -836,15 +842,30 @@ def effective_shard_size(requested: int, batch: int) -> int:
 
 
 def measure_e2e(
-    processor: ShardProcessor, tasks: Callable[[int], ShardTask], seconds: float
+    processor: ShardProcessor,
+    tasks: Callable[[int], ShardTask],
+    seconds: float,
+    shards_in_flight: int = DEFAULT_SHARDS_PER_ACTOR,
 ) -> dict:
-    """One warm-up shard, then shards until ``seconds`` (at least MIN_TIMED_SHARDS)."""
+    """One warm-up shard, then shards until ``seconds`` (at least MIN_TIMED_SHARDS), with
+    ``shards_in_flight`` of them running at once as in the Ray actor (the driver's
+    ``shards_per_actor``): the next loads while the model finishes one, which then writes."""
     processor.process(tasks(0))
     load = OtherLoad()
-    results = []
+    results: list[ShardResult] = []
+    submitted = 0
     started = time.perf_counter()
-    while len(results) < MIN_TIMED_SHARDS or time.perf_counter() - started < seconds:
-        results.append(processor.process(tasks(len(results) + 1)))
+    with ThreadPoolExecutor(shards_in_flight, thread_name_prefix="shard") as shards:
+        running: deque[Future] = deque()
+        while True:
+            while len(running) < shards_in_flight and (
+                submitted < MIN_TIMED_SHARDS or time.perf_counter() - started < seconds
+            ):
+                submitted += 1
+                running.append(shards.submit(processor.process, tasks(submitted)))
+            if not running:
+                break
+            results.append(running.popleft().result())
     wall = time.perf_counter() - started
     images = sum(r.num_images for r in results)
     total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
@@ -855,6 +876,7 @@ def measure_e2e(
         "seconds": wall,
         "model_seconds": total("detect_seconds"),
         "waited_seconds": total("wait_seconds"),
+        "shards_in_flight": shards_in_flight,
         "decode_cpu_seconds": total("decode_seconds"),
         "write_seconds": total("write_seconds"),
         "model_busy_fraction": total("detect_seconds") / wall,

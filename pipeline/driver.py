@@ -13,7 +13,9 @@ Lifecycle of :func:`run`:
    (:mod:`pipeline.incremental`); when there are none it ends here, without starting Ray.
 5. **Actors**: one :class:`~pipeline.remote.DetectorActor` per slot, the model's weights shipped
    once through the Ray object store.
-6. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``); the driver
+6. **Dispatch**: each actor keeps ``shards_per_actor`` shards queued (``ray.wait``), and runs
+   them concurrently so the next one's input loads while the model finishes the one before and
+   the model never waits on a Parquet write (:class:`~pipeline.actor.ModelTurns`); the driver
    tracks its own actors (not ``ray.util.ActorPool``, which keeps picking a dead actor). A
    shard whose task raised is retried on any live actor after a backoff, up to
    ``max_attempts``; a dead actor is replaced and its shards requeued (a preempted node's
@@ -485,7 +487,14 @@ class _Dispatcher:
         cpus = self.config.cpus_per_actor
         if cpus is None:
             cpus = GPU_ACTOR_CPUS if self.config.gpus_per_actor > 0 else CPU_ACTOR_CPUS
-        options = {"num_cpus": cpus, "num_gpus": self.config.gpus_per_actor, "max_restarts": 0}
+        options = {
+            "num_cpus": cpus,
+            "num_gpus": self.config.gpus_per_actor,
+            "max_restarts": 0,
+            # Each queued shard in a thread of its own: the next one loads its first images,
+            # and the model moves on to it, while the one before writes its output.
+            "max_concurrency": self.config.shards_per_actor,
+        }
         env_vars = {}
         if self.config.gpus_per_actor == 0 and "OMP_WAIT_POLICY" not in os.environ:
             # OpenMP threads that spin while waiting make a CPU actor up to 8x slower when

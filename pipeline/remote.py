@@ -17,7 +17,12 @@ from pipeline.s3 import S3Options
 
 @ray.remote
 class DetectorActor:
-    """A Ray actor holding one model; shards are processed one at a time, in arrival order.
+    """A Ray actor holding one model.
+
+    Start it with ``max_concurrency`` equal to the shards kept queued on it: the queued shards
+    then run in threads of their own, loading their input while the model finishes the shard
+    before and leaving it to the next while they write; the model takes them one at a time, in
+    arrival order (:class:`~pipeline.actor.ModelTurns`).
 
     ``weights`` are the model file's bytes (pass the ``ObjectRef`` of ``ray.put(weights)``:
     Ray resolves it, so every actor reads them from the object store, not from disk).

@@ -5,6 +5,8 @@
   object in plan order with the right status and error; detections equal ``Detector.detect``;
   schemas are the contract's; attempts write separate files; batch size does not change rows.
 - Limits, empty shards, a failing output write, the bounded look-ahead window.
+- Concurrent shards on one processor: the model takes them one at a time in arrival order, the
+  next shard's batches run while the one before writes, and the files equal serial runs'.
 - A real local Ray: the actor loads the model, reports it, and processes a shard.
 - A real S3-compatible server: images read from S3, results written to S3.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from pipeline.actor import ActorConfig, ShardProcessor, ShardResult, ShardTask
+from pipeline.actor import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
 from pipeline.model_spec import resolve_model
 from pipeline.remote import DetectorActor
 from pipeline.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, STATUS_OK
@@ -35,6 +38,9 @@ except ImportError:  # pragma: no cover - the sources module is optional for the
 
 
 RUN_ID = "run-test"
+#: Seconds a test waits for an event that overlapping shards must produce (far above the time
+#: the event takes; reached only when the overlap is broken).
+OVERLAP_TIMEOUT_S = 120
 SHARD_ID = 7
 BOX_TOLERANCE_PX = 0.01
 SCORE_TOLERANCE = 1e-4
@@ -96,9 +102,11 @@ def shard_dir(tmp_path_factory, sample_images) -> tuple[Path, list[tuple[str, ob
     return root, plan
 
 
-def make_task(output: str | Path, uris, *, token: str = "a1", attempt: int = 1) -> ShardTask:
+def make_task(
+    output: str | Path, uris, *, token: str = "a1", attempt: int = 1, shard_id: int = SHARD_ID
+) -> ShardTask:
     objects = tuple(SourceObject(uri) for uri in uris)
-    return ShardTask(RUN_ID, SHARD_ID, attempt, token, str(output), objects)
+    return ShardTask(RUN_ID, shard_id, attempt, token, str(output), objects)
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +349,99 @@ def test_lookahead_bounds_the_objects_in_flight(model, sample_images, tmp_path):
     assert result.num_images == 24 and result.num_ok == 3
     assert consumed == list(range(24))
     assert all(row <= done + config.window for row, done in started), started
+
+
+# --------------------------------------------------------------------------- concurrent shards
+
+
+def test_model_turns_follow_arrival_order_and_skip_released_tickets():
+    turns = ModelTurns()
+    first, second, third = turns.take(), turns.take(), turns.take()
+    served: list[int] = []
+
+    def shard(ticket: int) -> None:
+        turns.wait(ticket)
+        served.append(ticket)
+        turns.release(ticket)
+
+    with ThreadPoolExecutor(2) as pool:
+        later = pool.submit(shard, third)  # waits: two tickets are before it
+        turns.release(second)  # a shard that failed before its turn gives up its place
+        assert not later.done()
+        shard(first)
+        later.result(timeout=OVERLAP_TIMEOUT_S)
+    assert served == [first, third]
+    turns.release(third)  # idempotent
+    assert turns.wait(turns.take()) >= 0.0  # nobody ahead: its turn at once
+
+
+def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs(
+    model, shard_dir, tmp_path
+):
+    """Three shards from three threads: no two batches on the model at once, each shard's
+    batches together in arrival order, the first shard's write waits (here, on purpose) until
+    the model runs the second shard, and every file equals the one a serial run writes."""
+    spec, weights = model
+    _, plan = shard_dir
+    uris = [uri for uri, _ in plan] * 2
+    config = ActorConfig(batch_size=2, fetch_threads=4, decode_threads=2)
+    with ShardProcessor(spec, weights, config) as proc:
+        serial = [
+            proc.process(make_task(tmp_path / "serial", uris, shard_id=i, token=f"s{i}"))
+            for i in range(3)
+        ]
+        on_model: list[int] = []
+        busy = threading.Lock()
+        second_on_model = threading.Event()
+        current = threading.local()  # a shard's batches run in the thread that called process
+        detect, write = proc._detect, proc._write
+
+        def exclusive_detect(state, batch):
+            assert busy.acquire(blocking=False), "two batches on the model at once"
+            try:
+                on_model.append(current.shard_id)
+                if current.shard_id == 1:
+                    second_on_model.set()
+                return detect(state, batch)
+            finally:
+                busy.release()
+
+        def slow_first_write(task, state, objects):
+            if task.shard_id == 0:  # the model must move on to shard 1 while this writes
+                assert second_on_model.wait(OVERLAP_TIMEOUT_S), "shard 1 waited for the write"
+            return write(task, state, objects)
+
+        def process(shard_id: int) -> ShardResult:
+            current.shard_id = shard_id
+            task = make_task(tmp_path / "overlap", uris, shard_id=shard_id, token=f"o{shard_id}")
+            return proc.process(task)
+
+        took_ticket = [threading.Event() for _ in range(3)]
+        take = proc._turns.take
+
+        def signalling_take() -> int:
+            ticket = take()
+            took_ticket[current.shard_id].set()
+            return ticket
+
+        proc._detect, proc._write = exclusive_detect, slow_first_write
+        proc._turns.take = signalling_take
+        with ThreadPoolExecutor(3) as pool:
+            futures = []
+            for shard_id in range(3):  # arriving in this order, each while the others run
+                futures.append(pool.submit(process, shard_id))
+                assert took_ticket[shard_id].wait(OVERLAP_TIMEOUT_S)
+            results = [future.result(timeout=OVERLAP_TIMEOUT_S) for future in futures]
+    assert set(on_model) == {0, 1, 2}
+    assert on_model == sorted(on_model)  # each shard's batches together, in arrival order
+    for got, want in zip(results, serial):
+        assert (got.num_images, got.num_ok, got.num_detections) == (
+            want.num_images,
+            want.num_ok,
+            want.num_detections,
+        )
+        for table in ("images", "detections"):
+            assert read(got.files[table]).equals(read(want.files[table]))
 
 
 def test_config_is_validated():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import time
 import urllib.parse
 import uuid
 
@@ -226,3 +227,22 @@ def test_first_forces_the_first_matching_requests(s3_server):
     assert proxy._draw("PUT", "/b/k") is None
     assert [proxy._draw("GET", "/b/k") for _ in range(4)] == ["reset", "reset", None, None]
     assert proxy.stats().faults == {("reset", "GET"): 2}
+
+
+def test_latency_holds_every_response_and_changes_nothing_else(s3_server, s3_bucket, key_prefix):
+    latency_s = 0.2
+    data = payload()
+    with FaultProxy(s3_server.endpoint_url, latency_s=latency_s) as slow:
+        client = raw_client(s3_server, slow.endpoint_url)
+        key = key_prefix + "latency.bin"
+        for call in (
+            lambda: client.put_object(Bucket=s3_bucket, Key=key, Body=data),
+            lambda: client.get_object(Bucket=s3_bucket, Key=key)["Body"].read(),
+        ):
+            started = time.monotonic()
+            result = call()
+            assert time.monotonic() - started >= latency_s  # a lower bound: sleeps only add
+        assert result == data
+        assert slow.stats().injected() == 0
+    with pytest.raises(ValueError, match="latency_s"):
+        FaultProxy(s3_server.endpoint_url, latency_s=-1.0)

@@ -288,7 +288,9 @@ def test_worker_node_lost_mid_run_completes_on_the_remaining_node(
     cli, cache, tmp_path, sample_images, reference, two_node_cluster
 ):
     cluster, worker = two_node_cluster
-    inputs = [Input(f"n/photo {i}.jpg", photo=i % 2) for i in range(8)]
+    # Each actor runs its two queued shards at once: enough shards that the worker's actor
+    # still has some after the first commit.
+    inputs = [Input(f"n/photo {i}.jpg", photo=i % 2) for i in range(16)]
     source, output = tmp_path / "photos", tmp_path / "results"
     expected = write_local_source(source, inputs, sample_images)
     args = run_args(

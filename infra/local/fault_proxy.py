@@ -18,6 +18,10 @@ injects, on a configurable fraction of requests, the faults a real store produce
 - ``deny`` (never mixed in: name it in a rule): not forwarded; ``403 AccessDenied``, as a store
   answers a credential that lacks a permission.
 
+Independently of faults, ``latency_s`` holds every response that long before its first byte,
+as a remote store's time to first byte (tens of milliseconds for S3 within a region) does: for
+benchmarks of how well a client hides it.
+
 It is hand-written on the standard library because it needs byte-level control of the
 connection (half a body, then a reset; headers, then silence); no maintained proxy library
 offers that for tests.
@@ -163,9 +167,20 @@ class FaultProxy:
         upstream: the store's endpoint URL (``http://host:port``).
         seed: seeds the fault draws (one draw per request, in arrival order).
         slow_s: seconds a ``slow`` / ``stall`` fault stays silent.
+        latency_s: seconds every response is held before it is sent (0: none).
     """
 
-    def __init__(self, upstream: str, *, seed: int = 0, slow_s: float = DEFAULT_SLOW_S) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        slow_s: float = DEFAULT_SLOW_S,
+        latency_s: float = 0.0,
+    ) -> None:
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be at least 0, got {latency_s}")
+        self.latency_s = latency_s
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"upstream must be an http://host:port URL, got {upstream!r}")
@@ -328,6 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
         body, chunked = self._read_body()
         path = urllib.parse.unquote(self.path.split("?", 1)[0])
         fault = self.proxy._draw(self.command, path)
+        if self.proxy.latency_s:
+            self.proxy._stopping.wait(self.proxy.latency_s)
         if fault in _ERROR_BODIES:
             self._send(self._error_response(fault))
             return
