@@ -4,13 +4,17 @@
 so the actor's work can be benchmarked on a machine with only PyTorch);
 :class:`pipeline.remote.DetectorActor` wraps it as a Ray actor.
 
-For each shard the processor streams the shard's objects through three overlapping stages::
+For each shard the processor streams the shard's objects through four overlapping stages::
 
     fetch (thread pool, fetch_threads)  ->  decode (thread pool, decode_threads)
-        -> batches of batch_size decoded images, in plan order -> detector (calling thread)
+        -> batches of batch_size decoded images, in plan order
+        -> stage (one thread: GPU decoding, copy to the device, resize; on CUDA on a stream of
+           its own)  ->  model (forward, decode, NMS; the calling thread)
 
 At most ``lookahead`` images are fetched or decoded ahead of the model, so memory stays flat
-however large the shard, while the next images load during each forward pass.
+however large the shard, while the next images load during each forward pass; and one batch
+is staged on the device while the model runs the one before it, so on a GPU the copies, JPEG
+decoding and resizing of batch N+1 run beside batch N's forward pass.
 
 Shards overlap too: :meth:`ShardProcessor.process` may run in several threads at once (the Ray
 actor takes as many concurrent calls as the driver keeps shards queued on it). The model serves
@@ -29,6 +33,7 @@ straight to the output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -67,6 +72,7 @@ from pipeline.storage import (
     retry_delay,
 )
 from pipeline.uris import is_s3
+from yolov4.detector import PreparedBatch
 from yolov4.errors import ImageDecodeError
 from yolov4.gpu_jpeg import decode_jpegs, encoded, gpu_decodable, gpu_jpeg_available
 from yolov4.imageio import (
@@ -210,6 +216,17 @@ class _Loaded:
 
 
 @dataclass
+class _Staged:
+    """A batch prepared for the model by the stage thread: ``rows`` (plan order) of the images
+    in ``prepared``, which is ``None`` when none of the batch decoded; ``decode_s``: GPU
+    decoding time."""
+
+    rows: list[int]
+    prepared: PreparedBatch | None
+    decode_s: float = 0.0
+
+
+@dataclass
 class _ShardState:
     """Per-shard accumulators, touched only by the calling thread; the per-image columns are
     indexed by row (plan order) and filled as each image's outcome is known."""
@@ -340,6 +357,9 @@ class ShardProcessor:
         self._decode_pool = ThreadPoolExecutor(
             config.decode_threads or self.cpus, thread_name_prefix="decode"
         )
+        # One thread stages the next batch on the device, on a CUDA stream of its own.
+        self._stage_pool = ThreadPoolExecutor(1, thread_name_prefix="stage")
+        self._stage_stream = torch.cuda.Stream(self.detector.device) if self._pin else None
         self._turns = ModelTurns()
         self._closed = False
         logger.info(
@@ -378,13 +398,19 @@ class ShardProcessor:
         batch: list[_Loaded] = []
         ticket = self._turns.take()
         has_turn = False
+        staged: Future | None = None  # the batch being staged, for the model's next call
 
-        def detect(batch: list[_Loaded]) -> None:
-            nonlocal has_turn
-            if not has_turn:  # the shards before this one are still on the model
-                state.queued_s += self._turns.wait(ticket)
-                has_turn = True
-            self._detect(state, batch)
+        def detect(batch: list[_Loaded] | None) -> None:
+            """Stage ``batch`` and run the model on the one staged before it (``None``: only
+            run the last staged batch)."""
+            nonlocal has_turn, staged
+            following = self._stage_pool.submit(self._stage, state, batch) if batch else None
+            if staged is not None:
+                if not has_turn:  # the shards before this one are still on the model
+                    state.queued_s += self._turns.wait(ticket)
+                    has_turn = True
+                self._detect(state, staged)
+            staged = following
 
         try:
             refill()
@@ -399,11 +425,11 @@ class ShardProcessor:
                     if len(batch) == self.config.batch_size:
                         detect(batch)
                         batch = []
-            if batch:
-                detect(batch)
+            detect(batch)
+            detect(None)
         except BaseException:
             cancel.set()  # queued fetches and decodes of this shard turn into no-ops
-            for future in pending:
+            for future in (*pending, *([staged] if staged else [])):
                 future.cancel()
             raise
         finally:
@@ -457,6 +483,7 @@ class ShardProcessor:
         self._closed = True
         self._fetch_pool.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        self._stage_pool.shutdown(wait=True, cancel_futures=True)
         device = self.detector.device
         self.detector = None
         if device.type == "cuda":
@@ -630,7 +657,6 @@ class ShardProcessor:
         jpegs = [item for item in batch if item.jpeg is not None]
         if not jpegs:
             return batch
-        started = time.perf_counter()
         images = decode_jpegs([item.jpeg for item in jpegs], self.detector.device)
         for item, image in zip(jpegs, images):
             data, item.jpeg = item.jpeg, None
@@ -642,23 +668,40 @@ class ShardProcessor:
                 state.set_ok(item.row, *_width_height(item.image))
             else:
                 state.set_error(item.row, item.error or "decode: failed")
-        state.decode_s += time.perf_counter() - started
         return [item for item in batch if item.image is not None]
 
-    def _detect(self, state: _ShardState, batch: list[_Loaded]) -> None:
+    def _stage(self, state: _ShardState, batch: list[_Loaded]) -> _Staged:
+        """In the stage thread: decode the batch's JPEGs left for the GPU, copy the images to
+        the device and resize them into the network batch; on CUDA all on the stage stream,
+        with an event the model's stream waits for (:meth:`Detector.detect_prepared`)."""
+        stream = self._stage_stream
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            started = time.perf_counter()
+            batch = self._decode_on_device(state, batch)
+            decode_s = time.perf_counter() - started if self.decode_mode == DECODE_GPU else 0.0
+            if not batch:
+                return _Staged([], None, decode_s)
+            sizes = [item.display_size or _width_height(item.image) for item in batch]
+            images = [item.image for item in batch]
+            for item in batch:
+                item.image = None
+            prepared = self.detector.prepare(images, image_sizes=sizes)
+            if stream is not None:
+                prepared.ready = torch.cuda.Event()
+                prepared.ready.record(stream)
+        return _Staged([item.row for item in batch], prepared, decode_s)
+
+    def _detect(self, state: _ShardState, staging: Future) -> None:
+        """The model on a staged batch (waiting for its staging); detections into ``state``."""
         started = time.perf_counter()
-        batch = self._decode_on_device(state, batch)
-        if not batch:
+        staged: _Staged = staging.result()
+        state.decode_s += staged.decode_s
+        if staged.prepared is None:
             return
-        rows = [item.row for item in batch]
-        sizes = [item.display_size or _width_height(item.image) for item in batch]
-        images = [item.image for item in batch]
-        for item in batch:
-            item.image = None
-        detections = self.detector.detect_batch(images, image_sizes=sizes).to("cpu")
+        detections = self.detector.detect_prepared(staged.prepared).to("cpu")
         index = detections.image_index.numpy()
         state.detections.add(
-            np.asarray(rows, dtype=np.int64)[index],
+            np.asarray(staged.rows, dtype=np.int64)[index],
             detections.boxes.to(torch.float32).numpy(),
             detections.scores.to(torch.float32).numpy(),
             detections.class_ids.numpy(),

@@ -396,13 +396,13 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
         current = threading.local()  # a shard's batches run in the thread that called process
         detect, write = proc._detect, proc._write
 
-        def exclusive_detect(state, batch):
+        def exclusive_detect(state, staging):
             assert busy.acquire(blocking=False), "two batches on the model at once"
             try:
                 on_model.append(current.shard_id)
                 if current.shard_id == 1:
                     second_on_model.set()
-                return detect(state, batch)
+                return detect(state, staging)
             finally:
                 busy.release()
 
@@ -442,6 +442,36 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
         )
         for table in ("images", "detections"):
             assert read(got.files[table]).equals(read(want.files[table]))
+
+
+def test_the_next_batch_is_staged_while_the_model_runs_one(model, sample_images, tmp_path):
+    """Each model call starts only once the next batch's staging (copy to the device, resize)
+    has begun: with staging after the model instead, this test would time out."""
+    spec, weights = model
+    uris = [str(sample_images[i % 2]) for i in range(5)]
+    with ShardProcessor(spec, weights, ActorConfig(batch_size=1, fetch_threads=2)) as proc:
+        stage, detect = proc._stage, proc._detect
+        stage_started = [threading.Event() for _ in uris]
+        staged, model_calls = [], []
+
+        def recording_stage(state, batch):
+            stage_started[len(staged)].set()
+            staged.append([item.row for item in batch])
+            return stage(state, batch)
+
+        def waiting_detect(state, staging):
+            following = len(model_calls) + 1
+            if following < len(uris):
+                assert stage_started[following].wait(OVERLAP_TIMEOUT_S), "staged one at a time"
+            model_calls.append(following - 1)
+            return detect(state, staging)
+
+        proc._stage, proc._detect = recording_stage, waiting_detect
+        result = proc.process(make_task(tmp_path, uris))
+    assert staged == [[row] for row in range(len(uris))]
+    assert model_calls == list(range(len(uris)))
+    assert (result.num_ok, result.num_batches) == (len(uris), len(uris))
+    assert result.num_detections > 0
 
 
 def test_config_is_validated():

@@ -15,6 +15,7 @@ orientation, clipped to it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -40,7 +41,13 @@ from yolov4.postprocess import (
     Detections,
     postprocess,
 )
-from yolov4.preprocess import RESIZE_DARKNET, RESIZE_LETTERBOX, RESIZE_MODES, prepare_batch
+from yolov4.preprocess import (
+    RESIZE_DARKNET,
+    RESIZE_LETTERBOX,
+    RESIZE_MODES,
+    ImageTransforms,
+    prepare_batch,
+)
 from yolov4.pretrained import PretrainedModel, get_pretrained
 
 logger = logging.getLogger(__name__)
@@ -52,6 +59,21 @@ DEFAULT_BATCH_SIZE = 8
 #: allocation of tens of MB, which glibc's malloc returns to the OS after use and page-faults
 #: in again on the next call; smaller ones reuse memory (~1.15x for YOLOv4-tiny at batch 8).
 CPU_MICRO_BATCH_PIXELS = 2 * 416 * 416
+
+
+@dataclass
+class PreparedBatch:
+    """A network batch ready for the model (:meth:`Detector.prepare`).
+
+    - ``batch``: ``[B, 3, net_h, net_w]`` in ``[0, 1]``, the model's dtype, on its device;
+    - ``transforms``: the per-image geometry that maps boxes back to image pixels;
+    - ``ready``: on CUDA, an event recorded on the stream that prepared the batch, when that
+      was not the stream the model runs on; ``None`` otherwise.
+    """
+
+    batch: torch.Tensor
+    transforms: ImageTransforms
+    ready: torch.cuda.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +312,23 @@ class Detector:
         ``image_sizes``: optional ``(width, height)`` per image to report boxes in, for images
         decoded at a reduced scale (JPEG draft decoding); default each tensor's own size.
         Returns flat :class:`~yolov4.postprocess.Detections` on ``self.device``.
+
+        Equal to ``detect_prepared(prepare(images, image_sizes))``; a pipeline calls the two
+        halves apart to prepare the next batch while the model runs this one.
+        """
+        return self.detect_prepared(self.prepare(images, image_sizes))
+
+    def prepare(
+        self,
+        images: Sequence[torch.Tensor],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> PreparedBatch:
+        """The first half of :meth:`detect_batch`: copy ``images`` to the device and resize
+        them into the network batch (:func:`~yolov4.preprocess.prepare_batch`).
+
+        On CUDA the work is queued on the current stream; to run it on a side stream while the
+        model computes on the default one, call this under ``torch.cuda.stream(side)`` and set
+        the result's ``ready`` to an event recorded on ``side`` afterwards.
         """
         with torch.inference_mode():
             batch, transforms = prepare_batch(
@@ -300,6 +339,21 @@ class Detector:
                 dtype=self.dtype,
                 image_sizes=image_sizes,
             )
+        return PreparedBatch(batch, transforms)
+
+    def detect_prepared(self, prepared: PreparedBatch) -> Detections:
+        """The second half of :meth:`detect_batch`: forward, decode and NMS on a prepared batch.
+
+        A batch prepared on another CUDA stream (``prepared.ready`` set) is waited for on the
+        device, not on the host, and its memory is marked in use by this stream.
+        """
+        batch, transforms = prepared.batch, prepared.transforms
+        if prepared.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(prepared.ready)
+            for tensor in (batch, *dataclasses.astuple(transforms)):
+                tensor.record_stream(stream)  # not reused by the other stream's allocations
+        with torch.inference_mode():
             predictions = decode_outputs(self._forward(batch), self.config)
             return postprocess(
                 predictions,
