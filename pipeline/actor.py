@@ -21,10 +21,11 @@ actor takes as many concurrent calls as the driver keeps shards queued on it). T
 one shard at a time, in arrival order (:class:`ModelTurns`); a later shard fetches and decodes
 its first ``lookahead`` images while the one before it finishes, and the model moves on to it
 while the earlier one writes its Parquet files. So neither the ramp-up of a shard's input nor
-its output write leaves the model idle, and memory stays bounded by one window per queued
-shard. Per-image
-failures (missing object, over the byte limit, unreadable, undecodable) become ``images`` rows
-with status ``error``. A transient read failure (throttling, 5xx, timeout, dropped connection)
+its output write leaves the model idle, and memory stays bounded by one window (and at most
+two staged batches) per queued shard.
+
+Per-image failures (missing object, over the byte limit, unreadable, undecodable) become
+``images`` rows with status ``error``. A transient read failure (throttling, 5xx, timeout, dropped connection)
 is retried per image; if it persists, it raises like failures of the model or of writing the
 output, and the driver retries the whole shard (never an ``error`` row: that would be final).
 Each shard's two tables are written as one Parquet file each, named by the attempt token,
