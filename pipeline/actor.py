@@ -25,9 +25,10 @@ its output write leaves the model idle, and memory stays bounded by one window (
 two staged batches) per queued shard.
 
 Per-image failures (missing object, over the byte limit, unreadable, undecodable) become
-``images`` rows with status ``error``. A transient read failure (throttling, 5xx, timeout, dropped connection)
-is retried per image; if it persists, it raises like failures of the model or of writing the
-output, and the driver retries the whole shard (never an ``error`` row: that would be final).
+``images`` rows with status ``error``. A transient read failure (throttling, 5xx, timeout,
+dropped connection) is retried per image; if it persists, it raises like failures of the model
+or of writing the output, and the driver retries the whole shard (never an ``error`` row: that
+would be final).
 Each shard's two tables are written as one Parquet file each, named by the attempt token,
 straight to the output.
 """
