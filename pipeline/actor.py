@@ -116,6 +116,7 @@ class ActorConfig:
 
     ``lookahead``: images fetched or decoded ahead of the model (bounds memory); default
     ``max(fetch_threads, 2 * batch_size)``. ``decode``: one of :data:`DECODE_MODES`.
+    ``compile``: the detector's ``torch.compile`` option.
     """
 
     batch_size: int = 8
@@ -128,6 +129,7 @@ class ActorConfig:
     torch_threads: int | None = None
     lookahead: int | None = None
     decode: str = DECODE_AUTO
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -347,8 +349,10 @@ class ShardProcessor:
         torch.set_num_threads(self.torch_threads)
         started = time.perf_counter()
         self.detector = spec.build_detector(
-            weights, device=config.device, precision=config.precision
+            weights, device=config.device, precision=config.precision, compile=config.compile
         )
+        if config.compile:  # compile now: a failure fails the actor's start, not a shard
+            self.detector.warm_up(config.batch_size)
         self._class_names = class_name_array(self.detector.class_names)
         self.decode_mode = resolve_decode_mode(config.decode, config.device)
         self._pin = self.detector.device.type == "cuda"

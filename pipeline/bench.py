@@ -163,7 +163,8 @@ class BenchConfig:
     images' ``(width, height)``. ``seconds``: timed seconds per figure at least. ``threads``:
     torch threads (default the CPUs this process may use). ``decode_threads``: the actor's
     decode pool (default the same). ``check``: compare half precisions with fp32 (``None``:
-    when a half precision is measured).
+    when a half precision is measured). ``compile``: the detector's ``torch.compile`` option
+    (model only and end to end; the compilation is part of the warm-up, not timed).
     """
 
     model: str | None = None
@@ -187,6 +188,7 @@ class BenchConfig:
     shard_size: int = DEFAULT_SHARD_SIZE
     check: bool | None = None
     seed: int = RANDOM_WEIGHTS_SEED
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.cfg or self.weights:
@@ -483,7 +485,12 @@ class RandomWeightsSpec:
     options: DetectorOptions
 
     def build_detector(
-        self, weights: bytes, *, device: str = "cpu", precision: str = "fp32"
+        self,
+        weights: bytes,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,  # noqa: A002 (Detector's option)
     ) -> Detector:
         digest = hashlib.sha256(weights).hexdigest()
         if digest != self.weights_sha256:
@@ -491,7 +498,9 @@ class RandomWeightsSpec:
         model = build_model(self.config)
         load_darknet_weights(model.darknet_convs(), weights, model_name=self.name)
         options = {**self.options.as_kwargs(), "input_size": None}
-        return Detector(model, device=device, precision=precision, name=self.name, **options)
+        return Detector(
+            model, device=device, precision=precision, compile=compile, name=self.name, **options
+        )
 
 
 @dataclass
@@ -508,8 +517,10 @@ class BenchModel:
     weights_source: str
     flops_per_image: int
 
-    def build(self, device: torch.device, precision: str) -> Detector:
-        return self.spec.build_detector(self.weights, device=str(device), precision=precision)
+    def build(self, device: torch.device, precision: str, compile: bool = False) -> Detector:  # noqa: A002
+        return self.spec.build_detector(
+            self.weights, device=str(device), precision=precision, compile=compile
+        )
 
     def summary(self) -> dict[str, Any]:
         width, height = self.config.input_size
@@ -797,8 +808,10 @@ def run_model_only(
     rows = []
     inputs = network_inputs(images.data, max(config.batches), model.config.input_size, device)
     for precision in config.precisions:
-        detector = model.build(device, precision)
+        detector = model.build(device, precision, config.compile)
         for batch in config.batches:
+            if config.compile and batch < detector._compiled_batch:  # else padded: rebuild
+                detector = model.build(device, precision, config.compile)
             figures = measure_model(detector, inputs[:batch], config.seconds, model.flops_per_image)
             rows.append({"precision": precision, "batch_size": batch, **figures})
             logger.info(
@@ -904,6 +917,7 @@ def run_e2e(
             precision=precision,
             torch_threads=config.threads,
             decode=decode,
+            compile=config.compile,
         )
         with ShardProcessor(model.spec, model.weights, actor) as processor:
             figures = measure_e2e(

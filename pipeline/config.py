@@ -60,6 +60,8 @@ class RunConfig:
     ray_address: str | None = None
     s3: S3Options = field(default_factory=S3Options)
     precision: str = "fp32"
+    #: Run the model through ``torch.compile`` in each actor (see ``yolov4.Detector``).
+    compile: bool = False
     resume: bool = False
     run_id: str | None = None
     max_image_bytes: int | None = None

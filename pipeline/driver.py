@@ -516,6 +516,7 @@ class _Dispatcher:
             device="cuda" if self.config.gpus_per_actor > 0 else "cpu",
             precision=self.config.precision,
             decode=self.config.decode,
+            compile=self.config.compile,
         )
         if self.config.max_image_bytes:
             kwargs["max_image_bytes"] = self.config.max_image_bytes

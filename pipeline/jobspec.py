@@ -101,6 +101,7 @@ class JobSpec:
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     precision: str | None = None
     decode: str | None = None
+    compile: bool | None = None
     resources: Resources = field(default_factory=Resources)
     schedule: Schedule | None = None
     incremental: bool = DEFAULT_INCREMENTAL
@@ -119,6 +120,7 @@ class JobSpec:
             "fetch_threads": res.fetch_threads,
             "precision": self.precision,
             "decode": self.decode,
+            "compile": self.compile,
         }
         config = RunConfig(
             source=self.source,
@@ -301,6 +303,7 @@ SCHEMA: dict[str, Any] = {
     "resize": _Field(_choice(RESIZE_MODES)),
     "precision": _Field(_choice(tuple(PRECISIONS))),
     "decode": _Field(_choice(DECODE_MODES)),
+    "compile": _Field(_boolean),
     "classes": _Field(_classes),
     "incremental": _Field(_boolean),
     "resources": {
@@ -409,6 +412,7 @@ def parse_spec(data: Any) -> JobSpec:
         detector=detector,
         precision=values.get("precision"),
         decode=values.get("decode"),
+        compile=values.get("compile"),
         resources=Resources(**values.get("resources", {})),
         schedule=schedule,
         incremental=values.get("incremental", DEFAULT_INCREMENTAL),

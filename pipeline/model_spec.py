@@ -66,7 +66,14 @@ class ModelSpec:
             "options": asdict(self.options),
         }
 
-    def build_detector(self, weights: bytes, *, device: str = "cpu", precision: str = "fp32"):
+    def build_detector(
+        self,
+        weights: bytes,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,  # noqa: A002 (Detector's option)
+    ):
         """The detector for this spec (on an actor), from the weights' bytes.
 
         The bytes must hash to :attr:`weights_sha256`: an actor never runs other weights.
@@ -76,7 +83,9 @@ class ModelSpec:
             raise WeightsIntegrityError(
                 f"weights for {self.name} hash to {digest}, not {self.weights_sha256}"
             )
-        common = dict(device=device, precision=precision, **self.options.as_kwargs())
+        common = dict(
+            device=device, precision=precision, compile=compile, **self.options.as_kwargs()
+        )
         if self.pretrained:
             return Detector.from_pretrained(self.pretrained, weights=weights, **common)
         return Detector.from_darknet(

@@ -474,6 +474,22 @@ def test_the_next_batch_is_staged_while_the_model_runs_one(model, sample_images,
     assert result.num_detections > 0
 
 
+def test_compiled_model_writes_the_same_rows(model, shard, shard_dir, tmp_path):
+    spec, weights = model
+    _, plan = shard_dir
+    config = ActorConfig(batch_size=8, fetch_threads=4, compile=True)
+    with ShardProcessor(spec, weights, config) as proc:  # compiles in the constructor
+        assert proc.detector.compiled and proc.detector._compiled_batch > 0
+        result = proc.process(make_task(tmp_path, [uri for uri, _ in plan]))
+    assert (result.num_ok, result.num_detections) == (shard.num_ok, shard.num_detections)
+    assert read(result.files["images"]).equals(read(shard.files["images"]))
+    got = rows_by_uri(read(result.files["detections"]))
+    for uri, rows in rows_by_uri(read(shard.files["detections"])).items():
+        assert_same_detections(got[uri], [
+            (r["class_id"], r["class_name"], r["score"], [r[k] for k in BOX_KEYS]) for r in rows
+        ])  # fmt: skip
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="batch_size"):
         ActorConfig(batch_size=0)

@@ -722,6 +722,36 @@ def test_fused_and_unfused_give_the_same_outputs(tiny_weights_path, detector, ph
         load_darknet_weights(detector.model.darknet_convs(), tiny_weights_path)
 
 
+def test_compiled_model_gives_the_eager_detections(tiny_weights_path, detector, photos):
+    """``compile=True``: the same head outputs and detections as eager, including a call
+    smaller than the compiled batch (padded up to it, then sliced back)."""
+    compiled = Detector.from_darknet(YOLOV4_TINY_CFG, tiny_weights_path, COCO_NAMES, compile=True)
+    assert compiled.compiled and compiled.micro_batch == 2
+    images = [to_tensor(photos[i % 2]) for i in range(3)]  # model calls of 2, then 1 padded
+    batch, _ = prepare_batch(images, detector.input_size)
+    for eager_head, compiled_head in zip(detector.forward_raw(batch), compiled.forward_raw(batch)):
+        assert compiled_head.shape == eager_head.shape and compiled_head.shape[0] == 3
+        torch.testing.assert_close(compiled_head, eager_head, atol=1e-4, rtol=0)
+    for found, expected in zip(
+        compiled.per_image(compiled.detect_batch(images)),
+        detector.per_image(detector.detect_batch(images)),
+    ):
+        assert found
+        assert_same_detections(found, expected)
+
+
+def test_compile_without_a_working_compiler_fails_at_warm_up_saying_what_to_do(
+    tiny_weights_path, monkeypatch
+):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    compiled = Detector.from_darknet(YOLOV4_TINY_CFG, tiny_weights_path, COCO_NAMES, compile=True)
+    with pytest.raises(YoloError, match="run without compile, or install"):
+        compiled.warm_up(1)
+
+
 def test_yolov4_parameter_count():
     config = config_from_cfg(parse_cfg(YOLOV4_CFG))
     unfused = Detector(build_model(config), fuse=False)

@@ -140,6 +140,7 @@ def test_a_bad_spec_writes_nothing_to_an_s3_output(cli, cache, tmp_path, s3_serv
         ({"input_size": 500}, ["`input_size` must be a positive multiple of 32"]),
         ({"nms": "soft"}, ["`nms` must be one of diou, iou"]),
         ({"incremental": "yes"}, ["`incremental` must be true or false"]),
+        ({"compile": "on"}, ["`compile` must be true or false"]),
         ({"resources": {"gpus_per_actor": -1}}, ["`resources.gpus_per_actor`"]),
         ({"resources": 4}, ["`resources` must be a mapping"]),
         ({"schedule": {"cron": "0 25 * * *"}}, ["`schedule.cron` must be a five-field"]),
@@ -199,6 +200,7 @@ def test_options_given_override_the_spec_and_absent_ones_do_not(tmp_path):
         "iou": 0.3,
         "max_det": 50,
         "classes": ["person", 2],
+        "compile": True,
         "resources": {"actors": 3, "gpus_per_actor": 0.5, "batch_size": 4, "shard_size": 7},
         "s3": {"region": "eu-west-1"},
     }
@@ -207,13 +209,15 @@ def test_options_given_override_the_spec_and_absent_ones_do_not(tmp_path):
     assert parse_run(spec_path) == from_spec
     assert (from_spec.job_name, from_spec.incremental) == ("test-job", True)
     assert from_spec.detector.classes == ("person", "2")
+    assert from_spec.compile is True
     config = parse_run(
         spec_path, "--conf", "0.25", "--batch-size", "2", "--output", "s3://elsewhere/r/",
         "--no-incremental", "--gpus-per-actor", "0", "--cfg", "c.cfg", "--weights", "w.weights",
+        "--no-compile",
     )  # fmt: skip
     assert config.detector.conf_threshold == 0.25 and config.batch_size == 2
     assert config.output == "s3://elsewhere/r/" and config.incremental is False
-    assert config.gpus_per_actor == 0.0
+    assert config.gpus_per_actor == 0.0 and config.compile is False
     assert (config.model.name, config.model.cfg) == (None, "c.cfg")
     # The rest is the spec's, not the parser's defaults.
     assert config.detector.nms_threshold == 0.3 and config.detector.max_detections == 50

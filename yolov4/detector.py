@@ -120,6 +120,11 @@ class Detector:
         micro_batch: at most this many images per model call; larger batches are run in
             slices and the outputs concatenated (same results per image). ``None`` (default):
             on CPU as many as fit in ``CPU_MICRO_BATCH_PIXELS``, elsewhere the whole batch.
+        compile: run the model through ``torch.compile`` (Inductor, static shapes, weights
+            frozen as constants so oneDNN gets them pre-packed): 1.1–1.15x faster forward
+            passes on CPU, after a compilation of 5–20 s on the first call of each batch size.
+            Calls smaller than the largest batch seen are padded up to it, so a stream of
+            batches compiles once.
         name: a label for logs and result records.
     """
 
@@ -140,6 +145,7 @@ class Detector:
         fuse: bool = True,
         channels_last: bool | None = None,
         micro_batch: int | None = None,
+        compile: bool = False,  # noqa: A002 (torch.compile's own name for it)
         name: str | None = None,
     ) -> None:
         config: ModelConfig = model.config
@@ -201,6 +207,9 @@ class Detector:
             width, height = config.input_size
             micro_batch = max(1, CPU_MICRO_BATCH_PIXELS // (width * height))
         self.micro_batch = micro_batch
+        self.compiled = bool(compile)
+        self._compiled_model = torch.compile(self.model, dynamic=False) if compile else None
+        self._compiled_batch = 0  # the largest batch the compiled model has run
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -411,9 +420,45 @@ class Detector:
             batch = batch.to(self.device, self.dtype, memory_format=self._memory_format)
             step = self.micro_batch or batch.shape[0]
             if batch.shape[0] <= step:
-                return [o.float() for o in self.model(batch)]
-            slices = [self.model(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+                return [o.float() for o in self._run_model(batch)]
+            slices = [self._run_model(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
             return [torch.cat(heads).float() for heads in zip(*slices)]
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run one zero batch of ``batch_size`` through the model: with ``compile``, compiles
+        it now (a missing compiler fails here, with what to do, not on the first real batch).
+        """
+        width, height = self.input_size
+        batch = torch.zeros((batch_size, 3, height, width), dtype=self.dtype, device=self.device)
+        try:
+            self._forward(batch)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            raise YoloError(
+                f"torch.compile could not compile the model ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); run "
+                "without compile, or install what Inductor needs (a C++ compiler for CPU, "
+                "Triton for CUDA)"
+            ) from exc
+
+    def _run_model(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """One model call on ``[n, 3, h, w]``; compiled, padded up to the largest batch it has
+        run (one compilation, not one per size, for the smaller last batch of each stream)."""
+        if self._compiled_model is None:
+            return self.model(batch)
+        count = batch.shape[0]
+        self._compiled_batch = max(self._compiled_batch, count)
+        if count < self._compiled_batch:
+            padding = batch.new_zeros((self._compiled_batch - count, *batch.shape[1:]))
+            batch = torch.cat([batch, padding]).contiguous(memory_format=self._memory_format)
+        # Frozen weights: constants to Inductor, pre-packed once for oneDNN (about +10 % on
+        # CPU; without it each call re-lays out every convolution's weights).
+        from torch._inductor import config as inductor_config  # 1.3 s to import: on demand
+
+        with inductor_config.patch(freezing=True):
+            heads = self._compiled_model(batch)
+        return [head[:count] for head in heads]
 
     def _class_mask(self, classes: Sequence[int | str] | None) -> torch.Tensor | None:
         if classes is None:

@@ -109,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODE[,MODE...]",
         help=f"end to end decoding: {', '.join(DECODE_MODES)}; a comma list sweeps (auto)",
     )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="the model through torch.compile, as `run --compile` (compilation untimed)",
+    )
     run.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
     run.add_argument("--decode-threads", type=int, help="decode threads (default: the CPUs)")
     run.add_argument(
@@ -182,6 +187,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         shard_size=args.shard_size,
         check=args.check,
         seed=args.seed,
+        compile=args.compile,
     )
 
 

@@ -128,6 +128,8 @@ def run_argv(spec: JobSpec) -> list[str]:
     det = spec.detector
     argv += ["--conf", _number(det.conf_threshold), "--iou", _number(det.nms_threshold)]
     argv += ["--max-det", str(det.max_detections)]
+    if spec.compile is not None:
+        argv += ["--compile" if spec.compile else "--no-compile"]
     optional = (
         ("--size", det.input_size),
         ("--nms", det.nms_kind),

@@ -47,6 +47,7 @@ SPEC_OPTIONS = {
     "cpus_per_actor": "cpus_per_actor",
     "fetch_threads": "fetch_threads",
     "decode": "decode",
+    "compile": "compile",
     "endpoint_url": "s3.endpoint_url",
     "region": "s3.region",
     "incremental": "incremental",
@@ -127,6 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image decoding: cpu (full size: darknet's exact input), gpu (nvJPEG, for JPEGs), "
         "draft (large JPEGs at reduced scale, faster, detections within a stated tolerance); "
         "auto (default): gpu on CUDA with torchvision, else cpu",
+    )
+    res.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run the model through torch.compile in each actor: faster forward passes (about "
+        "1.1x on CPU) after a compilation of seconds to a minute per actor (default off)",
     )
     res.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
     res.add_argument("--shards-per-actor", type=int, default=DEFAULT_SHARDS_PER_ACTOR)
