@@ -16,7 +16,8 @@
 # BENCH_DEVICE [cuda], BENCH_SECONDS [1.2, timed seconds per model-only figure],
 # BENCH_E2E_SECONDS [3], BENCH_BATCHES [16,32,64,128], BENCH_PRECISIONS [fp32,fp16,bf16],
 # BENCH_E2E_BATCH [64], BENCH_E2E_PRECISION [fp16], BENCH_E2E_DECODE [gpu,cpu],
-# BENCH_E2E_IMAGES [256], BENCH_E2E_SHARD [256 images], BENCH_STEP_TIMEOUT [150 s per step].
+# BENCH_E2E_IMAGES [256], BENCH_E2E_SHARD [256 images], BENCH_STEP_TIMEOUT [150 s per step],
+# BENCH_COMPILE [1: also yolov4 at 608, fp16, batch 128 with --compile (torch.compile); 0: not].
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +93,10 @@ MODEL_ONLY=(--only model --batch-size "$BATCHES" --precision "$PRECISIONS" --sec
 step yolov4-tiny-416-model --model yolov4-tiny "${TINY_WEIGHTS[@]}" --size 416 "${MODEL_ONLY[@]}"
 step yolov4-416-model --model yolov4 --random-weights --size 416 "${MODEL_ONLY[@]}"
 step yolov4-608-model --model yolov4 --random-weights --size 608 "${MODEL_ONLY[@]}"
+if [[ "${BENCH_COMPILE:-1}" == 1 ]]; then  # one batch size: each compiles for a minute or so
+    step yolov4-608-model-compiled --model yolov4 --random-weights --size 608 --only model \
+        --batch-size 128 --precision fp16 --seconds "$SECS" --images "$MODEL_IMAGES" --compile
+fi
 
 E2E=(--batch-size "$E2E_BATCH" --precision "$E2E_PRECISION" --decode "$E2E_DECODE"
     --seconds "$E2E_SECS" --images "$E2E_IMAGES" --shard-size "$E2E_SHARD")
