@@ -267,10 +267,10 @@ class _ShardState:
 class ModelTurns:
     """The model's turns among concurrent shards: one shard at a time, in arrival order.
 
-    Each shard :meth:`take` s a ticket when it starts, :meth:`wait` s for its turn before its
-    first batch, and :meth:`release` s the ticket after its last batch (or when it fails), so
-    the next shard's batches start while it writes its output. A ticket released before its
-    turn (a shard that failed early) is skipped.
+    A shard takes a ticket when it starts (:meth:`take`), waits for its turn before its first
+    batch (:meth:`wait`) and releases the ticket after its last batch or when it fails
+    (:meth:`release`), so the next shard's batches start while it writes its output. A ticket
+    released before its turn (a shard that failed early) is skipped.
     """
 
     def __init__(self) -> None:

@@ -808,9 +808,9 @@ def run_model_only(
     rows = []
     inputs = network_inputs(images.data, max(config.batches), model.config.input_size, device)
     for precision in config.precisions:
-        detector = model.build(device, precision, config.compile)
+        detector = None
         for batch in config.batches:
-            if config.compile and batch < detector._compiled_batch:  # else padded: rebuild
+            if detector is None or config.compile:  # compiled: one batch shape per detector
                 detector = model.build(device, precision, config.compile)
             figures = measure_model(detector, inputs[:batch], config.seconds, model.flops_per_image)
             rows.append({"precision": precision, "batch_size": batch, **figures})

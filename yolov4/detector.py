@@ -15,7 +15,6 @@ orientation, clipped to it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -121,8 +120,9 @@ class Detector:
             slices and the outputs concatenated (same results per image). ``None`` (default):
             on CPU as many as fit in ``CPU_MICRO_BATCH_PIXELS``, elsewhere the whole batch.
         compile: run the model through ``torch.compile`` (Inductor, static shapes, weights
-            frozen as constants so oneDNN gets them pre-packed): 1.1–1.15x faster forward
-            passes on CPU, after a compilation of 5–20 s on the first call of each batch size.
+            frozen as constants so oneDNN gets them pre-packed): 1.08–1.11x faster forward
+            passes on CPU (``benchmarks/bench_compile.py``), after a compilation of 5–20 s on
+            the first call of each batch size (:meth:`warm_up` does it ahead).
             Calls smaller than the largest batch seen are padded up to it, so a stream of
             batches compiles once.
         name: a label for logs and result records.
@@ -360,7 +360,7 @@ class Detector:
         if prepared.ready is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(prepared.ready)
-            for tensor in (batch, *dataclasses.astuple(transforms)):
+            for tensor in (batch, transforms.image_sizes, transforms.offset, transforms.scale):
                 tensor.record_stream(stream)  # not reused by the other stream's allocations
         with torch.inference_mode():
             predictions = decode_outputs(self._forward(batch), self.config)
@@ -435,10 +435,10 @@ class Detector:
         except Exception as exc:
             if not self.compiled:
                 raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             raise YoloError(
-                f"torch.compile could not compile the model ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); run "
-                "without compile, or install what Inductor needs (a C++ compiler for CPU, "
+                f"torch.compile could not compile the model ({type(exc).__name__}: {first_line}); "
+                "run without compile, or install what Inductor needs (a C++ compiler for CPU, "
                 "Triton for CUDA)"
             ) from exc
 
