@@ -741,14 +741,14 @@ def test_compiled_model_gives_the_eager_detections(tiny_weights_path, detector, 
 
 
 def test_compile_without_a_working_compiler_fails_at_warm_up_saying_what_to_do(
-    tiny_weights_path, monkeypatch
+    tiny_weights_path,
 ):
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     compiled = Detector.from_darknet(YOLOV4_TINY_CFG, tiny_weights_path, COCO_NAMES, compile=True)
-    with pytest.raises(YoloError, match="run without compile, or install"):
+    no_compiler = {"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}
+    refused = pytest.raises(YoloError, match=r"InvalidCxxCompiler.*run without compile, or inst")
+    with inductor_config.patch(no_compiler), refused:  # the patch is undone on exit
         compiled.warm_up(1)
 
 
