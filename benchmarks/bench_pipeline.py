@@ -95,6 +95,8 @@ FETCH_THREADS = 16
 
 # --------------------------------------------------------------------------- helpers
 def cpu_model() -> str:
+    """The CPU's model name. As ``pipeline.bench``'s, which this script cannot import early:
+    it imports torch, and the planning child must start before this process loads torch."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
