@@ -12,6 +12,9 @@ Contenders, each on a batch of B images:
   final detections (resize, forward, decode, thresholds, DIoU NMS);
 - ``project forward``: :meth:`Detector.forward_raw`, the model only, on the batch
   ``prepare_batch`` produced beforehand (in the detector's memory format);
+- ``project forward, weights not pre-packed``: the same on a ``Detector(prepack=False)``, whose
+  convolutions hand oneDNN their weights in PyTorch's layout on every call
+  (:mod:`yolov4.onednn`);
 - ``OpenCV forward``: ``cv2.dnn.blobFromImages`` + ``net.forward`` of the ``[yolo]`` outputs
   (OpenCV's yolo layer also decodes the boxes, so this is resize + model + decode);
 - ``OpenCV + NMS``: the above plus the usual OpenCV post-processing (per image: best class,
@@ -98,6 +101,7 @@ PERF_ENV_PREFIXES = ("MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "DNNL_", "ONEDN
 PROJECT_DETECT = "project detect_batch"
 PROJECT_FORWARD = "project forward"
 PROJECT_COMPILED = "project forward (torch.compile)"
+PROJECT_UNPACKED = "project forward, weights not pre-packed"
 OPENCV_FORWARD = "OpenCV forward"
 OPENCV_NMS = "OpenCV + NMS"
 #: (numerator, denominator) pairs reported as ratios.
@@ -106,6 +110,7 @@ RATIOS = (
     (PROJECT_DETECT, OPENCV_NMS),
     (PROJECT_FORWARD, OPENCV_FORWARD),
     (PROJECT_COMPILED, OPENCV_FORWARD),
+    (PROJECT_FORWARD, PROJECT_UNPACKED),
 )
 
 
@@ -311,6 +316,7 @@ def make_contenders(
     size: int,
     names: list[str],
     compiled_model=None,
+    unpacked: Detector | None = None,
 ) -> dict[str, Contender]:
     batch = len(tensors)
     prepared, _ = prepare_batch(tensors, detector.input_size, detector.resize, detector.device)
@@ -332,6 +338,7 @@ def make_contenders(
         PROJECT_DETECT: lambda: detector.detect_batch(tensors),
         PROJECT_FORWARD: lambda: detector.forward_raw(prepared),
         PROJECT_COMPILED: compiled_forward,
+        PROJECT_UNPACKED: lambda: unpacked.forward_raw(prepared),
         OPENCV_FORWARD: opencv_forward,
         OPENCV_NMS: lambda: opencv_postprocess(opencv_forward(), image_sizes),
     }
@@ -552,6 +559,8 @@ def run_section(
     if args.micro_batch is not None:
         detector_kwargs["micro_batch"] = args.micro_batch
     detector = Detector.from_darknet(cfg, weights, NAMES, **detector_kwargs)
+    # The same model on the plain convolution path, for the pre-packing A/B.
+    unpacked = Detector.from_darknet(cfg, weights, NAMES, prepack=False, **detector_kwargs)
     net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
@@ -580,7 +589,9 @@ def run_section(
         section_names = list(names)
         if compiled is not None:
             section_names.append(PROJECT_COMPILED)
-        contenders = make_contenders(detector, net, tensors, bgr, size, section_names, compiled)
+        contenders = make_contenders(
+            detector, net, tensors, bgr, size, section_names, compiled, unpacked
+        )
         if compiled is not None and compile_s is None:
             start = time.perf_counter()
             contenders[PROJECT_COMPILED].run()
@@ -749,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         images.append((bgr, np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))))
 
     start = time.perf_counter()
-    contenders = [PROJECT_DETECT, PROJECT_FORWARD, OPENCV_FORWARD, OPENCV_NMS]
+    contenders = [PROJECT_DETECT, PROJECT_FORWARD, PROJECT_UNPACKED, OPENCV_FORWARD, OPENCV_NMS]
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)

@@ -83,8 +83,14 @@ class DarknetConv(nn.Module):
         )
         self.bn = nn.BatchNorm2d(filters, eps=DARKNET_BN_EPS) if batch_normalize else None
         self.act = _activation(activation)
+        #: The convolution on a weight packed for oneDNN (CPU inference), when
+        #: :func:`yolov4.onednn.pack_convolutions` set it; ``None``: the plain path.
+        self.packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            x = self.packed(x)
+            return x if self.packed.fuses_activation else self.act(x)
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
