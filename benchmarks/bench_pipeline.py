@@ -29,8 +29,8 @@ Three measurements, each against a baseline timed in the same invocation:
 2. **Orchestration overhead**: a yolov4-tiny cfg at 32x32 with random weights (negligible
    compute) on tiny random PNGs, shards of 50: shards/s and images/s of the pipeline, and
    the driver's overhead per image and per shard = (pipeline window - the same shards' time
-   in an in-process ``ShardProcessor``) / count; also the time the actor spent outside
-   ``process`` during the window (task round trips as the actor sees them).
+   in an in-process ``ShardProcessor``) / count; also the time the actor's model sat idle
+   during the window (waiting for input, task round trips), per shard.
 
 3. **Planning at scale**: ``write_plan`` over a generator of 10,000,000 synthetic
    ``SourceObject`` (uri, size, etag) into a local folder, shards of 1000, in a fresh
@@ -414,7 +414,7 @@ def _actor_sums(results: list) -> dict:
         "decode_thread_s": sum(r.decode_seconds for r in results),
         "fetch_thread_s": sum(r.fetch_seconds for r in results),
         "write_s": sum(r.write_seconds for r in results),
-        "first_shard_s": results[0].seconds if results else 0.0,
+        "queued_s": sum(r.queued_seconds for r in results),
     }
 
 
@@ -602,31 +602,27 @@ def section_efficiency(args, work: Path, monitor: LoadMonitor) -> dict:
 
 
 def _split_costs(base: dict, pipe: dict) -> dict:
-    """The pipeline's window split into per-shard, per-run and per-image costs (ms).
+    """The pipeline's window split, from the model's side, into per-image and per-shard costs
+    (ms).
 
-    Per shard: waiting for the first decoded images, writing the Parquet files, and the time
-    the actor spent outside ``process`` (task round trips). Per run: how much longer the cold
-    first shard took than the mean of the others. Per image: the rest, over the images. With
-    these, the steady-state ratio for a long run with shards of S images is projected as
-    ``baseline / (per_image + per_shard / S)``.
+    The model runs one batch at a time however many shards are in flight (the actor's
+    ``ModelTurns``), so its busy time, the shards' ``detect_seconds`` summed, never overlaps
+    itself: per image, that busy time over the images; per shard, the rest of the window (the
+    model idle: waiting for a shard's first images, for Ray between shards, the cold first
+    batch) over the shards. Per-shard wall times are not summed: with two shards in flight
+    they overlap. The steady-state ratio for a long run with shards of S images is projected
+    as ``baseline / (per_image + per_shard / S)``.
     """
     actor, shards, n = pipe["actor"], pipe["shards"], pipe["images"]
-    gap = max(pipe["window_s"] - actor["shard_s"], 0.0)
-    per_shard = (actor["wait_s"] + actor["write_s"] + gap) / shards
-    cold = 0.0
-    if shards > 1:
-        cold = max(
-            actor["first_shard_s"] - (actor["shard_s"] - actor["first_shard_s"]) / (shards - 1), 0.0
-        )
-    per_image = (pipe["window_s"] - per_shard * shards - cold) / n
+    idle = max(pipe["window_s"] - actor["detect_s"], 0.0)
+    per_image = actor["detect_s"] / n
+    per_shard = idle / shards
     baseline = base["seconds"] / base["images"]
     return {
         "cost_ms": {
             "baseline_per_image": 1e3 * baseline,
             "per_image": 1e3 * per_image,
             "per_shard": 1e3 * per_shard,
-            "cold_first_shard": 1e3 * cold,
-            "outside_shards_per_shard": 1e3 * gap / shards,
         },
         "projected_ratio_1000": baseline / (per_image + per_shard / 1000),
     }
@@ -707,8 +703,8 @@ def section_overhead(args, work: Path, monitor: LoadMonitor) -> dict:
             proc["load"]["foreign_cores"], pipe["window_load"]["foreign_cores"]
         )
         row["quiet"] = row["foreign_cores_max"] < args.quiet_cores
-        gap = max(pipe["window_s"] - pipe["actor"]["shard_s"], 0.0)
-        row["outside_shards_ms_per_shard"] = 1e3 * gap / shards
+        idle = max(pipe["window_s"] - pipe["actor"]["detect_s"], 0.0)
+        row["model_idle_ms_per_shard"] = 1e3 * idle / shards
         rounds.append(row)
         last_round_s = time.perf_counter() - round_started
     processor.close()
@@ -1007,18 +1003,17 @@ def _report_efficiency(eff: dict, add: Callable) -> None:
             return median([s[key] for s in src]) * per
 
         add(
-            f"    {label}, in shards",
-            f"{m('shard_s'):.1f}",
-            f"detect {m('detect_s'):.1f}, waiting for decodes {m('wait_s'):.1f}, Parquet write "
-            f"{m('write_s'):.1f}; decode threads {m('decode_thread_s'):.1f} (overlapped)",
+            f"    {label}, model busy",
+            f"{m('detect_s'):.1f}",
+            f"summed over shards (overlapping, 2 in flight): shard wall {m('shard_s'):.1f}, "
+            f"queued for the model {m('queued_s'):.1f}, waiting for decodes {m('wait_s'):.1f}, "
+            f"Parquet write {m('write_s'):.1f}; decode threads {m('decode_thread_s'):.1f}",
         )
     add(
         "    pipeline window",
         f"{1e3 * med(sel, 'pipeline', 'window_s') / n:.1f}",
-        f"= per image {med(sel, 'cost_ms', 'per_image'):.1f} + "
-        f"{med(sel, 'cost_ms', 'per_shard'):.1f} per shard (of which outside the actor's "
-        f"process(): {med(sel, 'cost_ms', 'outside_shards_per_shard'):.1f}) + cold first shard "
-        f"{med(sel, 'cost_ms', 'cold_first_shard'):.0f} per run",
+        f"= model busy {med(sel, 'cost_ms', 'per_image'):.1f} per image + model idle "
+        f"{med(sel, 'cost_ms', 'per_shard'):.1f} per shard",
     )
     add(
         "    driver-side steps, per run",
@@ -1075,9 +1070,9 @@ def _report_overhead(over: dict, add: Callable) -> None:
         "processes' load, cores " + _round_list(r, "foreign_cores_max", "{:.2f}"),
     )
     add(
-        "    actor outside process()",
-        f"{med(sel, 'outside_shards_ms_per_shard'):.1f} ms/shard",
-        "window - sum of the actor's shard times: Ray task round trips as the actor sees them",
+        "    model idle",
+        f"{med(sel, 'model_idle_ms_per_shard'):.1f} ms/shard",
+        "window - the model's busy time: waiting for input, Ray between shards",
     )
     add(
         "    extra CPU, all processes",

@@ -72,6 +72,13 @@ def test_tiny_packed_equals_the_plain_path(packed, plain, images):
     layers = packed.model.darknet_convs()
     assert all(isinstance(layer.packed, PackedConvolution) for layer in layers)
     assert all(layer.packed.fuses_activation for layer in layers)  # leaky / linear: fused
+    # Packed for the shape of the detector's model calls: 2 images of 416x416 on CPU.
+    assert packed.micro_batch == 2
+    assert layers[0].packed.input_shape == [2, 3, 416, 416]
+    assert layers[-1].packed.input_shape[:1] == [2] and layers[-1].packed.input_shape[2:] == [
+        26,
+        26,
+    ]
     batch, _ = prepare_batch(images, packed.input_size)
     assert_heads_equal(packed.forward_raw(batch), plain.forward_raw(batch), atol=1e-5)
     found = packed.per_image(packed.detect_batch(images))

@@ -216,11 +216,14 @@ class Detector:
         self.micro_batch = micro_batch
         self.compiled = bool(compile)
         #: How many convolutions run on weights packed for oneDNN (0: the plain path).
-        self.packed_convolutions = (
-            pack_convolutions(self.model)
-            if prepack and not compile and self.device.type == "cpu"
-            else 0
-        )
+        self.packed_convolutions = 0
+        if prepack and not compile and self.device.type == "cpu":
+            # Packed for the shape of this detector's model calls (one pass on zeros).
+            width, height = config.input_size
+            calls = min(self.micro_batch or DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE)
+            example = torch.zeros((calls, 3, height, width), dtype=self.dtype)
+            example = example.contiguous(memory_format=self._memory_format)
+            self.packed_convolutions = pack_convolutions(self.model, example)
         self._compiled_model = torch.compile(self.model, dynamic=False) if compile else None
         self._compiled_batch = 0  # the largest batch the compiled model has run
 

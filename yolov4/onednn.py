@@ -5,9 +5,9 @@ layout, and oneDNN reorders it into the blocked layout its kernels read on **eve
 :func:`pack_convolutions` reorders each folded convolution's weight once, up front, and runs
 the layer through oneDNN's fused convolution op with that packed weight; leaky ReLU runs
 inside the convolution as a post-op instead of as a second pass over the output. Same
-kernels, same summation order: fp32 outputs equal the plain path's (tested). Measured on 2 Zen 4
-cores, yolov4-tiny at 416 in fp32: about 1.06x forward passes (``benchmarks/bench_detector.py``
-reports it as "forward, weights not pre-packed").
+kernels, same summation order: fp32 outputs equal the plain path's (tested). Measured on 2
+Zen 4 cores in fp32: about 1.06x forward passes for yolov4-tiny at 416, 1.04x for yolov4 at
+608 (``benchmarks/bench_detector.py``: "forward, weights not pre-packed").
 
 This is what Inductor's weight freezing does for compiled CPU models, without compiling (5–20 s
 per process). No library exposes it for eager models (``torch.utils.mkldnn.to_mkldnn`` needs
@@ -24,6 +24,7 @@ FLOP counts and weight export are unchanged): the model's weight memory doubles 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -56,15 +57,22 @@ class PackedConvolution:
 
     Call it on ``[B, in_channels, H, W]`` (any memory format; the output takes the input's)
     of the layer's dtype on the CPU; returns ``[B, filters, H / stride, W / stride]``.
+    ``input_shape``: the ``[B, in_channels, H, W]`` it will mostly see. oneDNN picks the
+    weight's layout for it; any shape gives the same outputs, but a layout chosen for another
+    scale of input gets reordered again on every call (without a shape, yolov4 at 608 ran
+    0.86x the plain path; with it, 1.06x).
     ``fuses_activation`` says whether the layer's activation is already applied.
 
     Not an ``nn.Module``: it holds no parameters of its own (``state_dict`` and ``.to()`` see
     only the plain convolution it was packed from, which it keeps for pickling and copying).
     """
 
-    def __init__(self, conv: torch.nn.Conv2d, activation: str) -> None:
+    def __init__(
+        self, conv: torch.nn.Conv2d, activation: str, input_shape: Sequence[int] | None = None
+    ) -> None:
         self.conv = conv
         self.activation = activation
+        self.input_shape = None if input_shape is None else list(input_shape)
         self.padding = list(conv.padding)
         self.stride = list(conv.stride)
         self.dilation = list(conv.dilation)
@@ -73,7 +81,12 @@ class PackedConvolution:
         self.post_op, self.post_op_scalars = FUSED_ACTIVATIONS.get(activation, _NO_POST_OP)
         with torch.no_grad():
             self.weight = torch.ops.mkldnn._reorder_convolution_weight(
-                conv.weight.detach(), self.padding, self.stride, self.dilation, self.groups
+                conv.weight.detach(),
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+                self.input_shape,
             )
         self.bias = None if conv.bias is None else conv.bias.detach()
 
@@ -93,26 +106,45 @@ class PackedConvolution:
 
     def __reduce__(self):
         # oneDNN's packed tensors cannot be pickled or deep-copied: a copy packs anew.
-        return PackedConvolution, (self.conv, self.activation)
+        return PackedConvolution, (self.conv, self.activation, self.input_shape)
 
 
-def pack_convolutions(model: torch.nn.Module) -> int:
+def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
     """Pack every folded :class:`~yolov4.layers.DarknetConv` of ``model`` (on the CPU, in an
     inference dtype :func:`packing_available` accepts), in place; returns how many.
 
+    ``example``: a ``[B, 3, h, w]`` batch shaped like the model's calls (its values do not
+    matter); one forward pass on it records each layer's input shape to pack for.
     Layers with an unfolded batch norm keep the plain path (the packed op has no batch norm).
     Call after the model's last change of weights, dtype or device: a packed weight is a
     copy and does not follow them (:func:`unpack_convolutions` undoes it).
     """
+    layers = [
+        layer
+        for layer in model.modules()
+        if isinstance(layer, DarknetConv)
+        and layer.bn is None
+        and layer.conv.weight.device.type == "cpu"
+        and packing_available(layer.conv.weight.dtype)
+    ]
+    if not layers:
+        return 0
+    shapes: dict[DarknetConv, list[int]] = {}
+
+    def record(layer: DarknetConv, inputs: tuple) -> None:
+        shapes[layer] = list(inputs[0].shape)
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
     packed = 0
-    for layer in model.modules():
-        if not isinstance(layer, DarknetConv) or layer.bn is not None:
-            continue
-        weight = layer.conv.weight
-        if weight.device.type != "cpu" or not packing_available(weight.dtype):
-            continue
+    for layer in layers:
         try:
-            layer.packed = PackedConvolution(layer.conv, layer.spec.activation)
+            layer.packed = PackedConvolution(layer.conv, layer.spec.activation, shapes.get(layer))
         except RuntimeError as exc:  # an op this build of oneDNN refuses: keep the plain path
             logger.warning("convolution %s stays unpacked: %s", layer.spec, exc)
             continue
