@@ -121,9 +121,10 @@ class Detector:
             slices and the outputs concatenated (same results per image). ``None`` (default):
             on CPU as many as fit in ``CPU_MICRO_BATCH_PIXELS``, elsewhere the whole batch.
         compile: run the model through ``torch.compile`` (Inductor, static shapes, weights
-            frozen as constants so oneDNN gets them pre-packed): 1.08–1.11x faster forward
-            passes on CPU (``benchmarks/bench_compile.py``), after a compilation of 5–20 s on
-            the first call of each batch size (:meth:`warm_up` does it ahead).
+            frozen as constants), after a compilation of 5–20 s on the first call of each
+            batch size (:meth:`warm_up` does it ahead). On CPU 1.01–1.02x the eager model with
+            ``prepack`` (``benchmarks/bench_compile.py``); for GPUs, where it fuses the Mish
+            activations.
             Calls smaller than the largest batch seen are padded up to it, so a stream of
             batches compiles once.
         prepack: on CPU, lay each convolution's weight out for oneDNN once, here, instead of

@@ -132,8 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     res.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="run the model through torch.compile in each actor: faster forward passes (about "
-        "1.1x on CPU) after a compilation of seconds to a minute per actor (default off)",
+        help="run the model through torch.compile in each actor, after a compilation of seconds "
+        "to a minute per actor: for GPUs (on CPU it adds little to the eager model; default off)",
     )
     res.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
     res.add_argument("--shards-per-actor", type=int, default=DEFAULT_SHARDS_PER_ACTOR)
