@@ -170,3 +170,34 @@ def test_unpack_returns_to_the_plain_path(tiny_weights_path, plain, images):
     assert isinstance(first, DarknetConv)
     batch, _ = prepare_batch(images[:1], plain.input_size)
     assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), atol=0)
+
+
+def refuses(self, x):
+    raise RuntimeError("could not create a primitive")  # what oneDNN says when it refuses
+
+
+def computes_something_else(self, x):
+    return torch.zeros_like(self.conv(x))
+
+
+@pytest.mark.parametrize(
+    "broken, problem",
+    [(refuses, "fails"), (computes_something_else, "differs from the plain path")],
+)
+def test_a_packed_path_that_fails_its_check_is_not_used(
+    tiny_weights_path, plain, images, monkeypatch, caplog, broken, problem
+):
+    """Each detector checks its packed model against the plain one on a batch of random pixels
+    when it is built; a build of oneDNN that refuses the packed op, or computes anything else,
+    leaves the model on the plain path, with a warning, instead of failing or misdetecting."""
+    monkeypatch.setattr(PackedConvolution, "__call__", broken)
+    with caplog.at_level("WARNING", logger="yolov4.onednn"):
+        detector = tiny(tiny_weights_path)
+    assert detector.packed_convolutions == 0
+    assert all(layer.packed is None for layer in detector.model.darknet_convs())
+    assert (
+        f"convolution weights left unpacked (about 6% slower on CPU): the packed path {problem}"
+        in caplog.text
+    )
+    batch, _ = prepare_batch(images[:1], plain.input_size)
+    assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), atol=0)

@@ -219,10 +219,11 @@ class Detector:
         #: How many convolutions run on weights packed for oneDNN (0: the plain path).
         self.packed_convolutions = 0
         if prepack and not compile and self.device.type == "cpu":
-            # Packed for the shape of this detector's model calls (one pass on zeros).
+            # Packed for the shape of this detector's model calls, checked on random pixels.
             width, height = config.input_size
             calls = min(self.micro_batch or DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE)
-            example = torch.zeros((calls, 3, height, width), dtype=self.dtype)
+            pixels = torch.Generator().manual_seed(0)
+            example = torch.rand((calls, 3, height, width), generator=pixels).to(self.dtype)
             example = example.contiguous(memory_format=self._memory_format)
             self.packed_convolutions = pack_convolutions(self.model, example)
         self._compiled_model = torch.compile(self.model, dynamic=False) if compile else None

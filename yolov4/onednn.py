@@ -14,8 +14,9 @@ per process). No library exposes it for eager models (``torch.utils.mkldnn.to_mk
 opaque oneDNN tensors flowing between every layer, which Mish, concatenation and slicing do not
 take), so it is written here, on the two ops Inductor itself emits for frozen convolutions:
 ``torch.ops.mkldnn._reorder_convolution_weight`` and ``torch.ops.mkldnn._convolution_pointwise``.
-They are internal to PyTorch; where they are missing or refuse a layer, the layer keeps the
-plain path (:func:`packing_available`, and a logged fallback).
+They are internal to PyTorch; where they are missing, refuse a layer or compute anything else
+than the plain path on a check batch, the model keeps the plain path (:func:`packing_available`,
+and a logged fallback).
 
 The packed weight is a second copy of each weight (the plain one stays, so ``state_dict``,
 FLOP counts and weight export are unchanged): the model's weight memory doubles on CPU.
@@ -38,6 +39,11 @@ FUSED_ACTIVATIONS = {"leaky": ("leaky_relu", [LEAKY_SLOPE]), "linear": ("none", 
 _NO_POST_OP = ("none", [])
 #: dtypes with oneDNN convolution kernels on CPU (bf16 only where the CPU has native ones).
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+#: Largest absolute difference of any output allowed between the packed and the plain path
+#: on the check batch, by dtype. fp32: the same kernels (measured: 0, exactly). bf16: leaky
+#: ReLU inside the convolution runs before the rounding to bf16 instead of after it, a unit
+#: in the last place of outputs of order 10 (measured up to 0.125 on yolov4-tiny's heads).
+AGREEMENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5}
 
 
 def packing_available(dtype: torch.dtype) -> bool:
@@ -113,11 +119,13 @@ def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
     """Pack every folded :class:`~yolov4.layers.DarknetConv` of ``model`` (on the CPU, in an
     inference dtype :func:`packing_available` accepts), in place; returns how many.
 
-    ``example``: a ``[B, 3, h, w]`` batch shaped like the model's calls (its values do not
-    matter); one forward pass on it records each layer's input shape to pack for.
-    Layers with an unfolded batch norm keep the plain path (the packed op has no batch norm).
-    Call after the model's last change of weights, dtype or device: a packed weight is a
-    copy and does not follow them (:func:`unpack_convolutions` undoes it).
+    ``example``: a ``[B, 3, h, w]`` batch shaped like the model's calls. A forward pass on it
+    records each layer's input shape to pack for, and a second one checks the packed model
+    against the first: should this build of oneDNN refuse a packed layer or compute anything
+    else (beyond :data:`AGREEMENT_TOLERANCE`), the model is left unpacked, with a warning,
+    and 0 returned. Layers with an unfolded batch norm keep the plain path (the packed op has
+    no batch norm). Call after the model's last change of weights, dtype or device: a packed
+    weight is a copy and does not follow them (:func:`unpack_convolutions` undoes it).
     """
     layers = [
         layer
@@ -136,20 +144,38 @@ def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
 
     hooks = [layer.register_forward_pre_hook(record) for layer in layers]
     try:
-        with torch.inference_mode():
-            model(example)
+        expected = _outputs(model, example)
     finally:
         for hook in hooks:
             hook.remove()
-    packed = 0
-    for layer in layers:
-        try:
-            layer.packed = PackedConvolution(layer.conv, layer.spec.activation, shapes.get(layer))
-        except RuntimeError as exc:  # an op this build of oneDNN refuses: keep the plain path
-            logger.warning("convolution %s stays unpacked: %s", layer.spec, exc)
-            continue
-        packed += 1
-    return packed
+    try:
+        for layer in layers:
+            layer.packed = PackedConvolution(layer.conv, layer.spec.activation, shapes[layer])
+        found = _outputs(model, example)
+    except RuntimeError as exc:  # an op this build of oneDNN refuses
+        problem = f"fails ({_first_line(exc)})"
+    else:
+        tolerance = AGREEMENT_TOLERANCE[example.dtype]
+        worst = max(float((a.float() - b.float()).abs().max()) for a, b in zip(found, expected))
+        problem = None if worst <= tolerance else f"differs from the plain path by {worst:.3g}"
+    if problem is not None:
+        unpack_convolutions(model)
+        logger.warning(
+            "convolution weights left unpacked (about 6%% slower on CPU): the packed path %s",
+            problem,
+        )
+        return 0
+    return len(layers)
+
+
+def _outputs(model: torch.nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        outputs = model(batch)
+    return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def unpack_convolutions(model: torch.nn.Module) -> None:
