@@ -52,12 +52,14 @@ def images(sample_images) -> list[torch.Tensor]:
     return [photos[0], photos[1], photos[0]]
 
 
-def assert_heads_equal(found: list[torch.Tensor], expected: list[torch.Tensor], atol: float):
+def assert_heads_equal(found: list[torch.Tensor], expected: list[torch.Tensor], rel: float):
+    """Equal within ``rel`` of each head's largest magnitude (float rounding: a packed weight
+    layout may sum in another order, depending on the thread count)."""
     assert len(found) == len(expected)
     for a, b in zip(found, expected):
         assert a.shape == b.shape
-        torch.testing.assert_close(a, b, atol=atol, rtol=0)
         assert b.abs().max() > 1.0  # real activations, not a trivially equal pair
+        torch.testing.assert_close(a, b, atol=rel * float(b.abs().max()), rtol=0)
 
 
 def test_packing_is_available_on_this_cpu():
@@ -80,17 +82,23 @@ def test_tiny_packed_equals_the_plain_path(packed, plain, images):
         26,
     ]
     batch, _ = prepare_batch(images, packed.input_size)
-    assert_heads_equal(packed.forward_raw(batch), plain.forward_raw(batch), atol=1e-5)
+    assert_heads_equal(packed.forward_raw(batch), plain.forward_raw(batch), rel=1e-5)
     found = packed.per_image(packed.detect_batch(images))
     expected = plain.per_image(plain.detect_batch(images))
-    assert found == expected and all(found)
+    assert all(found) and len(found) == len(expected)
+    for on_image, expected_on_image in zip(found, expected):
+        assert len(on_image) == len(expected_on_image)
+        for a, b in zip(on_image, expected_on_image):
+            assert a.class_id == b.class_id
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+            assert a.box == pytest.approx(b.box, abs=1e-2)
 
 
 def test_packed_in_either_memory_format(tiny_weights_path, plain, images):
     nchw = tiny(tiny_weights_path, channels_last=False)
     assert nchw.packed_convolutions == TINY_CONVS
     batch, _ = prepare_batch(images, plain.input_size)
-    assert_heads_equal(nchw.forward_raw(batch), plain.forward_raw(batch), atol=1e-4)
+    assert_heads_equal(nchw.forward_raw(batch), plain.forward_raw(batch), rel=1e-4)
 
 
 def yolov4_with_unit_scale_weights(input_size: int) -> torch.nn.Module:
@@ -121,7 +129,7 @@ def test_yolov4_mish_layers_packed_unfused(images):
     assert len(unfused) == YOLOV4_MISH_CONVS
     assert {layer.spec.activation for layer in unfused} == {"mish"}
     batch, _ = prepare_batch(images, packed.input_size)
-    assert_heads_equal(packed.forward_raw(batch), plain.forward_raw(batch), atol=1e-4)
+    assert_heads_equal(packed.forward_raw(batch), plain.forward_raw(batch), rel=5e-4)
 
 
 def test_layers_with_batch_norm_stay_plain(tiny_weights_path, plain, images):
@@ -132,7 +140,7 @@ def test_layers_with_batch_norm_stay_plain(tiny_weights_path, plain, images):
     assert unfused.packed_convolutions == len(packed_layers) == 2
     assert all(not layer.spec.batch_normalize for layer in packed_layers)
     batch, _ = prepare_batch(images, plain.input_size)
-    assert_heads_equal(unfused.forward_raw(batch), plain.forward_raw(batch), atol=1e-4)
+    assert_heads_equal(unfused.forward_raw(batch), plain.forward_raw(batch), rel=1e-4)
 
 
 def test_copies_pack_anew(packed, plain, images):
@@ -150,7 +158,7 @@ def test_copies_pack_anew(packed, plain, images):
             assert layer.packed.weight is not before.packed.weight
         with torch.inference_mode():
             heads = [head.contiguous() for head in model(batch)]
-        assert_heads_equal(heads, expected, atol=1e-5)
+        assert_heads_equal(heads, expected, rel=1e-5)
 
 
 def test_where_packing_does_not_apply(tiny_weights_path):
@@ -169,7 +177,7 @@ def test_unpack_returns_to_the_plain_path(tiny_weights_path, plain, images):
     first = detector.model.darknet_convs()[0]
     assert isinstance(first, DarknetConv)
     batch, _ = prepare_batch(images[:1], plain.input_size)
-    assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), atol=0)
+    assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), rel=0)
 
 
 def refuses(self, x):
@@ -200,4 +208,4 @@ def test_a_packed_path_that_fails_its_check_is_not_used(
         in caplog.text
     )
     batch, _ = prepare_batch(images[:1], plain.input_size)
-    assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), atol=0)
+    assert_heads_equal(detector.forward_raw(batch), plain.forward_raw(batch), rel=0)

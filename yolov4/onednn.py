@@ -4,8 +4,8 @@ PyTorch's CPU convolution hands its weight to oneDNN in PyTorch's plain ``[O, I,
 layout, and oneDNN reorders it into the blocked layout its kernels read on **every call**.
 :func:`pack_convolutions` reorders each folded convolution's weight once, up front, and runs
 the layer through oneDNN's fused convolution op with that packed weight; leaky ReLU runs
-inside the convolution as a post-op instead of as a second pass over the output. Same
-kernels, same summation order: fp32 outputs equal the plain path's (tested). Measured on 2
+inside the convolution as a post-op instead of as a second pass over the output. The same
+kernels: fp32 outputs equal the plain path's up to float rounding (tested). Measured on 2
 Zen 4 cores in fp32: about 1.06x forward passes for yolov4-tiny at 416, 1.04x for yolov4 at
 608 (``benchmarks/bench_detector.py``: "forward, weights not pre-packed").
 
@@ -39,11 +39,12 @@ FUSED_ACTIVATIONS = {"leaky": ("leaky_relu", [LEAKY_SLOPE]), "linear": ("none", 
 _NO_POST_OP = ("none", [])
 #: dtypes with oneDNN convolution kernels on CPU (bf16 only where the CPU has native ones).
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
-#: Largest absolute difference of any output allowed between the packed and the plain path
-#: on the check batch, by dtype. fp32: the same kernels (measured: 0, exactly). bf16: leaky
-#: ReLU inside the convolution runs before the rounding to bf16 instead of after it, a unit
-#: in the last place of outputs of order 10 (measured up to 0.125 on yolov4-tiny's heads).
-AGREEMENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5}
+#: Largest difference allowed between the packed and the plain path's outputs on the check
+#: batch, relative to the outputs' largest magnitude, by dtype. fp32: float rounding (a packed
+#: layout can change the summation order; measured up to 9e-5 for yolov4 with one thread, 0 with
+#: two). bf16: leaky ReLU inside the convolution runs before the rounding to bf16 instead of
+#: after it (measured up to 0.125 on yolov4-tiny's heads, of magnitude ~10).
+AGREEMENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.05}
 
 
 def packing_available(dtype: torch.dtype) -> bool:
@@ -155,9 +156,12 @@ def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
     except RuntimeError as exc:  # an op this build of oneDNN refuses
         problem = f"fails ({_first_line(exc)})"
     else:
-        tolerance = AGREEMENT_TOLERANCE[example.dtype]
-        worst = max(float((a.float() - b.float()).abs().max()) for a, b in zip(found, expected))
-        problem = None if worst <= tolerance else f"differs from the plain path by {worst:.3g}"
+        worst = max(_relative_difference(a, b) for a, b in zip(found, expected))
+        problem = (
+            None
+            if worst <= AGREEMENT_TOLERANCE[example.dtype]
+            else f"differs from the plain path by {worst:.3g} of the outputs' range"
+        )
     if problem is not None:
         unpack_convolutions(model)
         logger.warning(
@@ -172,6 +176,13 @@ def _outputs(model: torch.nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
     with torch.inference_mode():
         outputs = model(batch)
     return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+
+
+def _relative_difference(found: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |found - expected|`` over ``max(max |expected|, 1)`` (NaN if either has one)."""
+    found, expected = found.float(), expected.float()
+    scale = max(float(expected.abs().max()), 1.0)
+    return float((found - expected).abs().max()) / scale
 
 
 def _first_line(exc: BaseException) -> str:
