@@ -770,3 +770,17 @@ def test_letterbox_handles_extreme_aspect_ratios(width, height):
     batch, _ = prepare_batch([image], (416, 416), RESIZE_LETTERBOX)
     assert batch.shape == (1, 3, 416, 416)
     assert torch.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("mode", ["darknet", "bilinear", "letterbox"])
+def test_batch_prepared_in_the_models_memory_format(photos, mode):
+    """A channels-last batch (what the detector asks for, so the model needs no conversion)
+    holds the same values as the default layout, for every resize mode and mixed sizes."""
+    images = [to_tensor(photos[0]), to_tensor(photos[1]), to_tensor(photos[0])]
+    plain, plain_transforms = prepare_batch(images, (416, 320), mode)
+    batch, transforms = prepare_batch(images, (416, 320), mode, memory_format=torch.channels_last)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert not batch.is_contiguous() and plain.is_contiguous()
+    assert torch.equal(batch, plain) and plain.std() > 0.1
+    assert torch.equal(transforms.scale, plain_transforms.scale)
+    assert torch.equal(transforms.offset, plain_transforms.offset)

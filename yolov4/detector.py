@@ -366,6 +366,7 @@ class Detector:
                 self.device,
                 dtype=self.dtype,
                 image_sizes=image_sizes,
+                memory_format=self._memory_format,
             )
         return PreparedBatch(batch, transforms)
 

@@ -78,6 +78,7 @@ def prepare_batch(
     *,
     dtype: torch.dtype = torch.float32,
     image_sizes: Sequence[tuple[int, int]] | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[torch.Tensor, ImageTransforms]:
     """Resize decoded images into one network batch.
 
@@ -88,7 +89,8 @@ def prepare_batch(
     ``input_size``: ``(net_w, net_h)``. ``dtype``: the batch's dtype (the model's; the resize
     itself runs in float32). ``image_sizes``: optional ``(width, height)`` per image, the size
     to map boxes back to when an image was decoded smaller than its stored size (JPEG draft
-    decoding); default each tensor's own size.
+    decoding); default each tensor's own size. ``memory_format``: the batch's (the model's, so
+    that it needs no conversion).
 
     Returns the batch ``[B, 3, net_h, net_w]`` in ``[0, 1]`` and the transforms.
     """
@@ -108,7 +110,9 @@ def prepare_batch(
                 f"{list(image.shape)}"
             )
         groups.setdefault((image.shape[1], image.shape[2], image.device), []).append(index)
-    batch = torch.empty((len(images), 3, net_h, net_w), dtype=dtype, device=device)
+    batch = torch.empty(
+        (len(images), 3, net_h, net_w), dtype=dtype, device=device, memory_format=memory_format
+    )
     offsets = [(0.0, 0.0)] * len(images)
     scales = [(1.0, 1.0)] * len(images)
     for (height, width, _), same_size in groups.items():
@@ -148,8 +152,11 @@ def _resize_into(
             scales[index] = (net_w / new_w, net_h / new_h)
     else:
         resized = _resize(pixels, (net_h, net_w), align_corners=mode == RESIZE_DARKNET)
-        target = torch.tensor(members, device=device)
-        batch.index_copy_(0, target, resized.to(dtype))
+        if len(members) == 1:  # a plain copy, layout to layout (index_copy_ goes element-wise)
+            batch[members[0]].copy_(resized[0])
+        else:
+            target = torch.tensor(members, device=device)
+            batch.index_copy_(0, target, resized.to(dtype))
 
 
 def _to_device(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
