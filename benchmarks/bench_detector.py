@@ -485,9 +485,8 @@ def stage_breakdown(detector: Detector, tensors: list[torch.Tensor], repeats: in
     with torch.inference_mode():
         for _ in range(repeats):
             t0 = time.perf_counter()
-            batch, transforms = prepare_batch(
-                tensors, detector.input_size, detector.resize, detector.device
-            )
+            prepared = detector.prepare(tensors)  # detect_batch's first step, as it runs it
+            batch, transforms = prepared.batch, prepared.transforms
             t1 = time.perf_counter()
             # detect_batch's own step (head outputs left in the model's memory format).
             outputs = detector._forward(batch)
