@@ -491,6 +491,7 @@ class RandomWeightsSpec:
         device: str = "cpu",
         precision: str = "fp32",
         compile: bool = False,  # noqa: A002 (Detector's option)
+        prepack: bool = True,
     ) -> Detector:
         digest = hashlib.sha256(weights).hexdigest()
         if digest != self.weights_sha256:
@@ -499,7 +500,13 @@ class RandomWeightsSpec:
         load_darknet_weights(model.darknet_convs(), weights, model_name=self.name)
         options = {**self.options.as_kwargs(), "input_size": None}
         return Detector(
-            model, device=device, precision=precision, compile=compile, name=self.name, **options
+            model,
+            device=device,
+            precision=precision,
+            compile=compile,
+            prepack=prepack,
+            name=self.name,
+            **options,
         )
 
 

@@ -73,10 +73,13 @@ class ModelSpec:
         device: str = "cpu",
         precision: str = "fp32",
         compile: bool = False,  # noqa: A002 (Detector's option)
+        prepack: bool = True,
     ):
         """The detector for this spec (on an actor), from the weights' bytes.
 
         The bytes must hash to :attr:`weights_sha256`: an actor never runs other weights.
+        ``prepack``: as :class:`~yolov4.detector.Detector`'s (off for a detector that only
+        checks the model and runs nothing: packing costs two forward passes).
         """
         digest = hashlib.sha256(weights).hexdigest()
         if digest != self.weights_sha256:
@@ -84,7 +87,11 @@ class ModelSpec:
                 f"weights for {self.name} hash to {digest}, not {self.weights_sha256}"
             )
         common = dict(
-            device=device, precision=precision, compile=compile, **self.options.as_kwargs()
+            device=device,
+            precision=precision,
+            compile=compile,
+            prepack=prepack,
+            **self.options.as_kwargs(),
         )
         if self.pretrained:
             return Detector.from_pretrained(self.pretrained, weights=weights, **common)
@@ -142,7 +149,8 @@ def resolve_model(
             pretrained=entry.name,
             options=options,
         )
-    spec.build_detector(weights_bytes)  # fail here, with a clear error, not in every actor
+    # Fail here, with a clear error, not in every actor.
+    spec.build_detector(weights_bytes, prepack=False)
     return spec, weights_bytes
 
 

@@ -21,6 +21,9 @@ def test_pretrained_and_custom_models_resolve_to_the_same_weights(tiny_weights_p
     assert len(custom.class_names) == 80
     detector = custom.build_detector(custom_weights)
     assert detector.class_names[0] == "person"
+    # Actors run on packed convolutions; the driver's check (which runs nothing) need not pack.
+    assert detector.packed_convolutions == 21
+    assert custom.build_detector(custom_weights, prepack=False).packed_convolutions == 0
 
 
 def test_actors_refuse_weights_that_are_not_the_specs(tiny_weights_path, monkeypatch):
