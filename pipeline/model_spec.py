@@ -79,7 +79,7 @@ class ModelSpec:
 
         The bytes must hash to :attr:`weights_sha256`: an actor never runs other weights.
         ``prepack``: as :class:`~yolov4.detector.Detector`'s (off for a detector that only
-        checks the model and runs nothing: packing costs two forward passes).
+        checks the model and runs nothing: packing copies every weight, 0.4 s for yolov4).
         """
         digest = hashlib.sha256(weights).hexdigest()
         if digest != self.weights_sha256:

@@ -21,7 +21,12 @@ from yolov4.detector import Detector
 from yolov4.imageio import read_image
 from yolov4.layers import DarknetConv
 from yolov4.model import build_model
-from yolov4.onednn import PackedConvolution, packing_available, unpack_convolutions
+from yolov4.onednn import (
+    PackedConvolution,
+    pack_convolutions,
+    packing_available,
+    unpack_convolutions,
+)
 from yolov4.preprocess import prepare_batch
 
 #: yolov4-tiny's darknet convolutions, all leaky or linear.
@@ -92,6 +97,26 @@ def test_tiny_packed_equals_the_plain_path(packed, plain, images):
             assert a.class_id == b.class_id
             assert a.score == pytest.approx(b.score, abs=1e-4)
             assert a.box == pytest.approx(b.box, abs=1e-2)
+
+
+def test_packed_for_each_layers_input_at_the_detectors_size(tiny_weights_path):
+    """Each layer is packed for its own input at the detector's (here non-square) size, found
+    from a small probe image scaled up: the shapes a real call gives those layers."""
+    detector = tiny(tiny_weights_path, input_size=(320, 192), micro_batch=3)
+    seen = {}
+
+    def record(layer, inputs) -> None:
+        seen[layer] = list(inputs[0].shape)
+
+    layers = detector.model.darknet_convs()
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    detector.forward_raw(torch.rand(3, 3, 192, 320))
+    for hook in hooks:
+        hook.remove()
+    assert [layer.packed.input_shape for layer in layers] == [seen[layer] for layer in layers]
+    assert layers[0].packed.input_shape == [3, 3, 192, 320]
+    with pytest.raises(ValueError, match="multiples of 32"):
+        pack_convolutions(detector.model, (1, 3, 200, 320))
 
 
 def test_packed_in_either_memory_format(tiny_weights_path, plain, images):

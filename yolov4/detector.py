@@ -130,7 +130,7 @@ class Detector:
         prepack: on CPU, lay each convolution's weight out for oneDNN once, here, instead of
             on every call, and run leaky ReLU inside the convolution (about 1.06x forward
             passes for yolov4-tiny, outputs equal up to float rounding; checked here on a
-            random batch, the plain path kept if they are not; :mod:`yolov4.onednn`).
+            small random image, the plain path kept if they are not; :mod:`yolov4.onednn`).
             Applies where available: fp32 or native bf16, folded batch norm, not compiled
             (compiling packs the weights itself). Costs a second copy of the weights in memory.
         name: a label for logs and result records.
@@ -220,13 +220,12 @@ class Detector:
         #: How many convolutions run on weights packed for oneDNN (0: the plain path).
         self.packed_convolutions = 0
         if prepack and not compile and self.device.type == "cpu":
-            # Packed for the shape of this detector's model calls, checked on random pixels.
+            # Packed for the shape of this detector's model calls.
             width, height = config.input_size
-            calls = min(self.micro_batch or DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE)
-            pixels = torch.Generator().manual_seed(0)
-            example = torch.rand((calls, 3, height, width), generator=pixels).to(self.dtype)
-            example = example.contiguous(memory_format=self._memory_format)
-            self.packed_convolutions = pack_convolutions(self.model, example)
+            calls = self.micro_batch or DEFAULT_BATCH_SIZE
+            self.packed_convolutions = pack_convolutions(
+                self.model, (calls, 3, height, width), self._memory_format
+            )
         self._compiled_model = torch.compile(self.model, dynamic=False) if compile else None
         self._compiled_batch = 0  # the largest batch the compiled model has run
 

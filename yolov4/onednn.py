@@ -15,8 +15,8 @@ opaque oneDNN tensors flowing between every layer, which Mish, concatenation and
 take), so it is written here, on the two ops Inductor itself emits for frozen convolutions:
 ``torch.ops.mkldnn._reorder_convolution_weight`` and ``torch.ops.mkldnn._convolution_pointwise``.
 They are internal to PyTorch; where they are missing, refuse a layer or compute anything else
-than the plain path on a check batch, the model keeps the plain path (:func:`packing_available`,
-and a logged fallback).
+than the plain path on a small check image, the model keeps the plain path
+(:func:`packing_available`, and a logged fallback).
 
 The packed weight is a second copy of each weight (the plain one stays, so ``state_dict``,
 FLOP counts and weight export are unchanged): the model's weight memory doubles on CPU.
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
+from yolov4.config import INPUT_SIZE_MULTIPLE
 from yolov4.layers import LEAKY_SLOPE, DarknetConv
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,14 @@ _NO_POST_OP = ("none", [])
 #: dtypes with oneDNN convolution kernels on CPU (bf16 only where the CPU has native ones).
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 #: Largest difference allowed between the packed and the plain path's outputs on the check
-#: batch, relative to the outputs' largest magnitude, by dtype. fp32: float rounding (a packed
+#: image, relative to the outputs' largest magnitude, by dtype. fp32: float rounding (a packed
 #: layout can change the summation order; measured up to 9e-5 for yolov4 with one thread, 0 with
 #: two). bf16: leaky ReLU inside the convolution runs before the rounding to bf16 instead of
 #: after it (measured up to 0.125 on yolov4-tiny's heads, of magnitude ~10).
 AGREEMENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.05}
+#: Side of the one image :func:`pack_convolutions` runs to find each layer's input shape and
+#: to check the packed model: the smallest input these models take (their largest stride).
+PROBE_SIZE = INPUT_SIZE_MULTIPLE
 
 
 def packing_available(dtype: torch.dtype) -> bool:
@@ -116,18 +120,28 @@ class PackedConvolution:
         return PackedConvolution, (self.conv, self.activation, self.input_shape)
 
 
-def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
+def pack_convolutions(
+    model: torch.nn.Module,
+    batch_shape: Sequence[int],
+    memory_format: torch.memory_format = torch.channels_last,
+) -> int:
     """Pack every folded :class:`~yolov4.layers.DarknetConv` of ``model`` (on the CPU, in an
     inference dtype :func:`packing_available` accepts), in place; returns how many.
 
-    ``example``: a ``[B, 3, h, w]`` batch shaped like the model's calls. A forward pass on it
-    records each layer's input shape to pack for, and a second one checks the packed model
-    against the first: should this build of oneDNN refuse a packed layer or compute anything
-    else (beyond :data:`AGREEMENT_TOLERANCE`), the model is left unpacked, with a warning,
-    and 0 returned. Layers with an unfolded batch norm keep the plain path (the packed op has
-    no batch norm). Call after the model's last change of weights, dtype or device: a packed
-    weight is a copy and does not follow them (:func:`unpack_convolutions` undoes it).
+    ``batch_shape``: ``[B, 3, h, w]`` of the model's calls (``h``, ``w`` multiples of 32), each
+    layer's weight is packed for its input at that size. The layers' input shapes come from one
+    forward pass on a single :data:`PROBE_SIZE` image, scaled up (every map of these models is
+    the input divided by a power of two); a second pass checks the packed model against the
+    first: should this build of oneDNN refuse a packed layer or compute anything else (beyond
+    :data:`AGREEMENT_TOLERANCE`), the model is left unpacked, with a warning, and 0 returned.
+    Both passes together cost milliseconds. Layers with an unfolded batch norm keep the plain
+    path (the packed op has no batch norm). Call after the model's last change of weights,
+    dtype or device: a packed weight is a copy and does not follow them
+    (:func:`unpack_convolutions` undoes it).
     """
+    calls, _, height, width = batch_shape
+    if height % PROBE_SIZE or width % PROBE_SIZE:
+        raise ValueError(f"batch height and width must be multiples of {PROBE_SIZE}: {batch_shape}")
     layers = [
         layer
         for layer in model.modules()
@@ -138,28 +152,34 @@ def pack_convolutions(model: torch.nn.Module, example: torch.Tensor) -> int:
     ]
     if not layers:
         return 0
+    dtype = layers[0].conv.weight.dtype
+    pixels = torch.Generator().manual_seed(0)
+    probe = torch.rand((1, 3, PROBE_SIZE, PROBE_SIZE), generator=pixels).to(dtype)
+    probe = probe.contiguous(memory_format=memory_format)
     shapes: dict[DarknetConv, list[int]] = {}
 
     def record(layer: DarknetConv, inputs: tuple) -> None:
-        shapes[layer] = list(inputs[0].shape)
+        _, channels, probe_h, probe_w = inputs[0].shape
+        scale_h, scale_w = height // PROBE_SIZE, width // PROBE_SIZE
+        shapes[layer] = [calls, channels, probe_h * scale_h, probe_w * scale_w]
 
     hooks = [layer.register_forward_pre_hook(record) for layer in layers]
     try:
-        expected = _outputs(model, example)
+        expected = _outputs(model, probe)
     finally:
         for hook in hooks:
             hook.remove()
     try:
         for layer in layers:
             layer.packed = PackedConvolution(layer.conv, layer.spec.activation, shapes[layer])
-        found = _outputs(model, example)
+        found = _outputs(model, probe)
     except RuntimeError as exc:  # an op this build of oneDNN refuses
         problem = f"fails ({_first_line(exc)})"
     else:
         worst = max(_relative_difference(a, b) for a, b in zip(found, expected))
         problem = (
             None
-            if worst <= AGREEMENT_TOLERANCE[example.dtype]
+            if worst <= AGREEMENT_TOLERANCE[dtype]
             else f"differs from the plain path by {worst:.3g} of the outputs' range"
         )
     if problem is not None:
