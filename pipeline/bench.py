@@ -62,7 +62,13 @@ from pipeline.actor import (
     available_cpus,
 )
 from pipeline.config import DECODE_AUTO, DECODE_GPU, DECODE_MODES, DEFAULT_SHARDS_PER_ACTOR
-from pipeline.model_spec import DEFAULT_MODEL, DetectorOptions, ModelSpec, resolve_model
+from pipeline.model_spec import (
+    DEFAULT_MODEL,
+    DetectorOptions,
+    ModelSpec,
+    check_weights_digest,
+    resolve_model,
+)
 from pipeline.sources import open_source
 from pipeline.storage import storage_for
 from yolov4 import imageio
@@ -77,7 +83,7 @@ from yolov4.config import DEFAULT_CONFIGS, ModelConfig
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg, read_names
 from yolov4.darknet_weights import load_darknet_weights, save_darknet_weights
 from yolov4.detector import PRECISIONS, Detection, Detector, fast_on_cpu
-from yolov4.errors import WeightsIntegrityError, WeightsUnavailableError
+from yolov4.errors import WeightsUnavailableError
 from yolov4.flops import model_flops
 from yolov4.gpu_jpeg import decode_jpegs, encoded, gpu_decodable, gpu_jpeg_available
 from yolov4.hub import fetch, local_path, verify
@@ -484,30 +490,15 @@ class RandomWeightsSpec:
     weights_sha256: str
     options: DetectorOptions
 
-    def build_detector(
-        self,
-        weights: bytes,
-        *,
-        device: str = "cpu",
-        precision: str = "fp32",
-        compile: bool = False,  # noqa: A002 (Detector's option)
-        prepack: bool = True,
-    ) -> Detector:
-        digest = hashlib.sha256(weights).hexdigest()
-        if digest != self.weights_sha256:
-            raise WeightsIntegrityError(f"weights for {self.name} hash to {digest}")
+    def build_detector(self, weights: bytes, **detector_options) -> Detector:
+        """As :meth:`ModelSpec.build_detector <pipeline.model_spec.ModelSpec.build_detector>`:
+        ``detector_options`` are its keywords (``device``, ``precision``, ``compile``,
+        ``prepack``)."""
+        check_weights_digest(self.name, weights, self.weights_sha256)
         model = build_model(self.config)
         load_darknet_weights(model.darknet_convs(), weights, model_name=self.name)
-        options = {**self.options.as_kwargs(), "input_size": None}
-        return Detector(
-            model,
-            device=device,
-            precision=precision,
-            compile=compile,
-            prepack=prepack,
-            name=self.name,
-            **options,
-        )
+        options = {**self.options.as_kwargs(), "input_size": None, **detector_options}
+        return Detector(model, name=self.name, **options)
 
 
 @dataclass

@@ -81,11 +81,7 @@ class ModelSpec:
         ``prepack``: as :class:`~yolov4.detector.Detector`'s (off for a detector that only
         checks the model and runs nothing: packing copies every weight, 0.4 s for yolov4).
         """
-        digest = hashlib.sha256(weights).hexdigest()
-        if digest != self.weights_sha256:
-            raise WeightsIntegrityError(
-                f"weights for {self.name} hash to {digest}, not {self.weights_sha256}"
-            )
+        check_weights_digest(self.name, weights, self.weights_sha256)
         common = dict(
             device=device,
             precision=precision,
@@ -102,6 +98,13 @@ class ModelSpec:
             name=self.name,
             **common,
         )
+
+
+def check_weights_digest(name: str, weights: bytes, sha256: str) -> None:
+    """Raise :class:`WeightsIntegrityError` unless ``weights`` hash to ``sha256``."""
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != sha256:
+        raise WeightsIntegrityError(f"weights for {name} hash to {digest}, not {sha256}")
 
 
 def resolve_model(
