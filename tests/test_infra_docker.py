@@ -1,5 +1,5 @@
-"""The container images: hadolint passes, and the versions baked in agree with pyproject.toml,
-scripts/setup.sh and the environment the tests run in."""
+"""The container images: hadolint passes, and they install from requirements/lock.txt, the file
+the test environment is installed from, with torch and CPython at the versions the tests use."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+from tests.lockfile import torch_version
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "infra" / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
-CONSTRAINTS = DOCKER / "constraints.txt"
+LOCK_IN_REPO = "requirements/lock.txt"
+LOCK_IN_IMAGE = "/tmp/lock.txt"
 FINAL_STAGES = ("cpu", "gpu")
 
 
@@ -35,18 +37,6 @@ def pyproject() -> dict:
 
 def dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S*)$", DOCKERFILE.read_text(), re.M))
-
-
-def constraints() -> dict[str, str]:
-    pins = {}
-    for line in CONSTRAINTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"{line}: images pin exact versions"
-            pins[req.name.lower()] = spec.version
-    return pins
 
 
 def stages() -> dict[str, list[str]]:
@@ -105,32 +95,31 @@ def test_gpu_base_matches_the_cuda_build_of_torch():
     assert match.group(1) == torch_cuda[".".join(torch.split(".")[:2])], (base, torch)
 
 
-def test_versions_agree_with_pyproject_setup_and_the_test_environment():
-    args, pins, project = dockerfile_args(), constraints(), pyproject()["project"]
-    # Ray: pinned in the image, equal to the one the tests run with, inside pyproject's range.
-    ray_range = next(
-        Requirement(d).specifier for d in project["dependencies"] if d.startswith("ray")
-    )
-    assert args["RAY_VERSION"] == pins["ray"] == metadata.version("ray")
-    assert ray_range.contains(args["RAY_VERSION"]), (ray_range, args["RAY_VERSION"])
-    # torch: the version scripts/setup.sh installs for the tests.
-    setup = (REPO / "scripts" / "setup.sh").read_text()
-    (setup_torch,) = re.findall(r"TORCH_VERSION:-([\d.]+)", setup)
-    assert args["TORCH_VERSION"] == pins["torch"] == setup_torch
-    assert metadata.version("torch").split("+")[0] == setup_torch
-    # Python: the minor version the tests run on, allowed by requires-python.
+def uv_installs(stage: str) -> list[str]:
+    return [i for i in stages()[stage] if i.startswith("RUN ") and "uv pip install" in i]
+
+
+def test_images_install_every_package_from_the_lock():
+    # The lock is copied in once, by the stage every variant builds on.
+    assert any(i.split()[1:] == [LOCK_IN_REPO, LOCK_IN_IMAGE] for i in stages()["python"])
+    for name in stages():
+        for run in uv_installs(name):
+            torch_alone = "torch==${TORCH_VERSION}" in run and "--no-deps" in run
+            assert f"--constraint {LOCK_IN_IMAGE}" in run or torch_alone, (name, run)
+    # The project with the cluster extra (Ray's dashboard and job agent), in both variants.
+    for variant in FINAL_STAGES:
+        (project,) = uv_installs(f"project-{variant}")
+        assert '"/src[cluster]"' in project, project
+
+
+def test_images_pin_torch_and_python_as_the_tests_run_them():
+    args, project = dockerfile_args(), pyproject()["project"]
+    assert args["TORCH_VERSION"] == torch_version()
+    assert metadata.version("torch").split("+")[0] == torch_version()
     python = args["PYTHON_VERSION"]
     assert SpecifierSet(project["requires-python"]).contains(python)
     assert python.split(".")[:2] == [str(v) for v in sys.version_info[:2]]
-    # Every runtime dependency is pinned, to what the tests use, within pyproject's range.
-    for dep in project["dependencies"]:
-        req = Requirement(dep)
-        name = req.name.lower()
-        assert name in pins, f"{name} is not pinned in {CONSTRAINTS.name}"
-        assert req.specifier.contains(pins[name], prereleases=True), (dep, pins[name])
-        assert metadata.version(name).split("+")[0] == pins[name], name
-    for name, version in pins.items():
-        assert metadata.version(name).split("+")[0] == version, name
+    assert "RAY_VERSION" not in args, "Ray's version comes from the lock"
 
 
 def test_images_run_the_console_script_as_a_non_root_user():

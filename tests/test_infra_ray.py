@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from importlib import metadata
 from pathlib import Path
 
 import jsonschema
@@ -14,6 +13,8 @@ import pytest
 import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from tests.lockfile import torch_version
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "infra" / "ray" / "aws-gpu.yaml"
@@ -63,13 +64,11 @@ def test_head_takes_no_work_and_gpu_workers_scale_on_demand_and_spot(config):
 def test_setup_installs_this_project_at_the_pinned_versions(config):
     setup = " ".join(config["setup_commands"])
     assert config["file_mounts"]["~/yolo-batch"] == "."
-    assert "~/yolo-batch/infra/docker/constraints.txt" in setup
-    assert re.search(r"uv pip install .* ~/yolo-batch$", config["setup_commands"][0])
-    assert f'"ray[default]=={metadata.version("ray")}"' in setup
+    assert "--constraint ~/yolo-batch/requirements/lock.txt" in setup
+    assert re.search(r"uv pip install .* ~/yolo-batch'\[cluster\]'$", config["setup_commands"][0])
     pins = (REPO / "infra" / "docker" / "Dockerfile").read_text()
-    torch = re.search(r"ARG TORCH_VERSION=(\S+)", pins).group(1)
     python = re.search(r"ARG PYTHON_VERSION=(\S+)", pins).group(1)
-    assert f'"torch=={torch}"' in setup and f"python install {python}" in setup
+    assert f'"torch=={torch_version()}"' in setup and f"python install {python}" in setup
 
 
 def test_token_auth_stays_on_and_the_dashboard_stays_local(config):
