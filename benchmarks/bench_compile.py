@@ -2,7 +2,7 @@
 
 Two contenders built from the same weights, timed in alternation round after round (the order
 rotating): ``Detector.detect_batch`` on decoded images already at the network size (model
-only), and the actor's worker (:class:`pipeline.actor.ShardProcessor`, 2 shards in flight as
+only), and the actor's worker (:class:`pipeline.worker.actor.ShardProcessor`, 2 shards in flight as
 in the actor) reading, decoding, detecting and writing Parquet on generated 1280x720 JPEGs.
 Compilation happens before timing (the worker compiles in its constructor); its duration is
 reported. Figures: medians over rounds of images/s, and of the per-round ratios.
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import bench  # noqa: E402
-from pipeline.actor import ActorConfig, ShardProcessor  # noqa: E402
+from pipeline.worker.actor import ActorConfig, ShardProcessor  # noqa: E402
 
 CONTENDERS = ("eager", "compiled")
 

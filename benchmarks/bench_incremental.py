@@ -25,15 +25,15 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
-from pipeline.ledger import Ledger, RunRecord, new_attempt_token, new_run_id  # noqa: E402
-from pipeline.sink import (  # noqa: E402
+from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
+from pipeline.store.ledger import Ledger, RunRecord, new_attempt_token, new_run_id  # noqa: E402
+from pipeline.store.storage import LocalStorage  # noqa: E402
+from pipeline.worker.sink import (  # noqa: E402
     DetectionsBuffer,
     class_name_array,
     images_table,
     write_parquet,
 )
-from pipeline.storage import LocalStorage  # noqa: E402
 
 SOURCE = "s3://synthetic/images/"
 #: Every CHANGE_EVERY-th object has another ETag now, every DELETE_EVERY-th is gone, and
@@ -82,9 +82,10 @@ def write_output(root: Path, num_images: int, shard_size: int) -> str:
 _MEASURE = textwrap.dedent(
     """
     import json, resource, sys, time
-    from pipeline import incremental, query
-    from pipeline.incremental import Delta
-    from pipeline.plan import PlannedObject
+    from pipeline.results import query
+    from pipeline.run import incremental
+    from pipeline.run.incremental import Delta
+    from pipeline.run.plan import PlannedObject
 
     output, run_id, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     change_every, delete_every, new = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])

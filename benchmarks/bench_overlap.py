@@ -1,6 +1,6 @@
 """Overlapping shards in one actor: what it saves when the store is remote.
 
-The actor's worker (:class:`pipeline.actor.ShardProcessor`, in this process, no Ray) reads
+The actor's worker (:class:`pipeline.worker.actor.ShardProcessor`, in this process, no Ray) reads
 generated JPEGs from a real S3-compatible server (SeaweedFS on 127.0.0.1) through a proxy
 that holds every response ``--latency-ms`` before its first byte, as a remote store's time to
 first byte does (S3 within a region: tens of milliseconds), and writes each shard's Parquet
@@ -11,7 +11,7 @@ rotating), on the same shards:
   the model waits for each shard's first images and for its output write;
 - ``overlapped``: ``--in-flight`` shards at once (the driver's ``shards_per_actor``, which the
   actor runs concurrently): the next shard loads while the model finishes one, and the model
-  moves on while it writes (:class:`pipeline.actor.ModelTurns`).
+  moves on while it writes (:class:`pipeline.worker.actor.ModelTurns`).
 
 Reported per contender: images/s (median over rounds), the model's busy fraction (time in
 ``detect_batch`` / wall time), and the overlapped / one-at-a-time ratio (median of per-round
@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.fault_proxy import FaultProxy  # noqa: E402
 from infra.local.object_store import SeaweedS3Server  # noqa: E402
 from pipeline import bench  # noqa: E402
-from pipeline.actor import ActorConfig, ShardProcessor  # noqa: E402
-from pipeline.config import DEFAULT_SHARDS_PER_ACTOR  # noqa: E402
-from pipeline.s3 import S3Options  # noqa: E402
-from pipeline.sources import SourceObject  # noqa: E402
+from pipeline.run.config import DEFAULT_SHARDS_PER_ACTOR  # noqa: E402
+from pipeline.store.s3 import S3Options  # noqa: E402
+from pipeline.store.sources import SourceObject  # noqa: E402
+from pipeline.worker.actor import ActorConfig, ShardProcessor  # noqa: E402
 
 BUCKET = "overlap-bench"
 ONE_AT_A_TIME = "one at a time"

@@ -30,7 +30,7 @@ boxes, scores and class ids. (``compute=ActorPoolStrategy(size=n)`` is what
   (unless the environment sets it); the peer's actors get the same through their
   ``runtime_env`` (``--peer-plain-env`` leaves it out, as a plain script would).
 
-**Ours** is ``pipeline.driver.run`` on the same local folder, with the driver's default actor
+**Ours** is ``pipeline.run.driver.run`` on the same local folder, with the driver's default actor
 layout (one single-CPU actor per CPU) or ``--ours-actors N`` actors of ``--cpus / N`` CPUs, shards
 of ``--shard-size`` (48: every actor gets work on a few hundred images), batch
 ``--batch-size``, the default shard size unless ``--shard-size``, output to a fresh temporary
@@ -274,11 +274,11 @@ def run_ours(
     shard_size: int | None = None,
     actors: int | None = None,
 ) -> dict:
-    """``pipeline.driver.run`` timed end to end: the driver's default actor layout, or
+    """``pipeline.run.driver.run`` timed end to end: the driver's default actor layout, or
     ``actors`` actors sharing the ``cpus``."""
-    from pipeline import driver
-    from pipeline.config import ModelChoice, RunConfig
-    from pipeline.model_spec import DetectorOptions
+    from pipeline.run import driver
+    from pipeline.run.config import ModelChoice, RunConfig
+    from pipeline.worker.model_spec import DetectorOptions
 
     extra = {"shard_size": shard_size} if shard_size else {}
     config = RunConfig(
@@ -347,7 +347,7 @@ def read_peer(output: Path) -> dict[str, ImageResult]:
 
 def read_ours(output: Path) -> dict[str, ImageResult]:
     """The pipeline's committed ``images`` and ``detections`` tables, by file name."""
-    from pipeline.query import query
+    from pipeline.results.query import query
 
     images = query(str(output), "SELECT image_uri, width, height FROM images").to_pylist()
     detections = query(
@@ -697,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
         import torch
 
-        from pipeline.model_spec import resolve_model
+        from pipeline.worker.model_spec import resolve_model
 
         resolve_model(model=args.model)  # the weights in the cache before anything is timed
         folder = work / "jpegs"

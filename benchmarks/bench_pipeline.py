@@ -10,7 +10,7 @@ Three measurements, each against a baseline timed in the same invocation:
      ``read_image`` then ``detect_batch`` per batch of 8, torch threads = 2 (warmed up first);
    - ``ShardProcessor``: the actor's worker class in-process (threaded fetch/decode overlapped
      with the model, Parquet writes), on the same shards, no Ray;
-   - ``pipeline``: ``pipeline.driver.run`` on a local Ray (1 actor, 2 CPUs, batch 8).
+   - ``pipeline``: ``pipeline.run.driver.run`` on a local Ray (1 actor, 2 CPUs, batch 8).
 
    The pipeline's steady-state rate is ``images / (first shard dispatched -> last commit)``.
    Both ends are taken by wrapping, for the duration of the run, two driver-side functions:
@@ -325,9 +325,9 @@ def make_tiny_model(folder: Path, side: int = 32) -> tuple[Path, Path]:
 
 def shard_tasks(source: Path, shard_size: int, output_root: Path, run_id: str) -> list:
     """The source's objects in plan order, cut into ``ShardTask`` as the driver would."""
-    from pipeline.actor import ShardTask
-    from pipeline.ledger import new_attempt_token
-    from pipeline.sources import open_source
+    from pipeline.store.ledger import new_attempt_token
+    from pipeline.store.sources import open_source
+    from pipeline.worker.actor import ShardTask
 
     objects = list(open_source(str(source)).iter_objects())
     return [
@@ -376,7 +376,7 @@ def time_batched(detector, paths: list[Path]) -> dict:
 
 def make_processor(spec, weights):
     """A ShardProcessor configured as the driver configures its actor (1 actor, 2 CPUs)."""
-    from pipeline.actor import ActorConfig, ShardProcessor
+    from pipeline.worker.actor import ActorConfig, ShardProcessor
 
     config = ActorConfig(
         batch_size=BATCH_SIZE, fetch_threads=FETCH_THREADS, torch_threads=TORCH_THREADS
@@ -420,9 +420,9 @@ def _actor_sums(results: list) -> dict:
 
 def run_pipeline(source: Path, output: Path, *, shard_size: int, model) -> dict:
     """``driver.run`` with probes on the driver-side steps; see the module docstring."""
-    from pipeline import driver
-    from pipeline.config import RunConfig
-    from pipeline.ledger import Ledger, RunRecord
+    from pipeline.run import driver
+    from pipeline.run.config import RunConfig
+    from pipeline.store.ledger import Ledger, RunRecord
 
     probes = Probes()
     probes.wrap(driver, "resolve_model", "resolve_model")
@@ -530,8 +530,8 @@ def another_round(args, rounds: list[dict], last_round_s: float, reserve_s: floa
 def section_efficiency(args, work: Path, monitor: LoadMonitor) -> dict:
     import torch
 
-    from pipeline.config import ModelChoice
-    from pipeline.model_spec import resolve_model
+    from pipeline.run.config import ModelChoice
+    from pipeline.worker.model_spec import resolve_model
 
     torch.set_num_threads(TORCH_THREADS)
     folder = work / "jpegs"
@@ -649,8 +649,8 @@ def _short(result: dict) -> str:
 def section_overhead(args, work: Path, monitor: LoadMonitor) -> dict:
     import torch
 
-    from pipeline.config import ModelChoice
-    from pipeline.model_spec import resolve_model
+    from pipeline.run.config import ModelChoice
+    from pipeline.worker.model_spec import resolve_model
 
     torch.set_num_threads(TORCH_THREADS)
     folder = work / "pngs"
@@ -741,10 +741,10 @@ def plan_child(objects: int, shard_size: int, output: str) -> None:
     parent's larger peak (Linux carries ``ru_maxrss`` over fork + exec).
     """
     inherited = _maxrss_mib() > _proc_status_mib("VmHWM") + 4
-    from pipeline.layout import OutputLayout
-    from pipeline.plan import read_plan_summary, read_shard, write_plan
-    from pipeline.sources import SourceObject
-    from pipeline.storage import LocalStorage
+    from pipeline.run.plan import read_plan_summary, read_shard, write_plan
+    from pipeline.store.layout import OutputLayout
+    from pipeline.store.sources import SourceObject
+    from pipeline.store.storage import LocalStorage
 
     def uri(i: int) -> str:
         return f"s3://bench-bucket/images/{i // 10_000:05d}/{i:010d}.jpg"

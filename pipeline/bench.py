@@ -8,7 +8,7 @@ Four figures, each measured for at least ``seconds`` after a warm-up:
 - **model only**: :meth:`Detector.detect_batch` (forward, decode, NMS, detections copied to the
   host) on images already decoded, resized to the network input and resident on the device as
   uint8 ``[3, h, w]`` tensors, so the resize is a no-op; in images/s and achieved TFLOP/s;
-- **end to end**: :class:`pipeline.actor.ShardProcessor`, the actor's own worker, in this
+- **end to end**: :class:`pipeline.worker.actor.ShardProcessor`, the actor's own worker, in this
   process (no Ray): read, decode, detect and write Parquet, with as many shards in flight as
   the driver queues on an actor; images / wall time of the timed shards;
 - **ratios**: end-to-end / model-only (what the input side and the writes cost), and
@@ -54,23 +54,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.actor import (
+from pipeline.run.config import DEFAULT_SHARDS_PER_ACTOR
+from pipeline.store.sources import open_source
+from pipeline.store.storage import storage_for
+from pipeline.worker.actor import (
     ActorConfig,
     ShardProcessor,
     ShardResult,
     ShardTask,
     available_cpus,
 )
-from pipeline.config import DECODE_AUTO, DECODE_GPU, DECODE_MODES, DEFAULT_SHARDS_PER_ACTOR
-from pipeline.model_spec import (
+from pipeline.worker.decode_modes import DECODE_AUTO, DECODE_GPU, DECODE_MODES
+from pipeline.worker.model_spec import (
     DEFAULT_MODEL,
     DetectorOptions,
     ModelSpec,
     check_weights_digest,
     resolve_model,
 )
-from pipeline.sources import open_source
-from pipeline.storage import storage_for
 from yolov4 import imageio
 from yolov4.compare import (
     GPU_DECODE_TOLERANCE,
@@ -482,7 +483,7 @@ def network_inputs(
 @dataclass(frozen=True)
 class RandomWeightsSpec:
     """A model with generated darknet weights, in the form :class:`ShardProcessor` takes a
-    :class:`~pipeline.model_spec.ModelSpec` (``name``, ``build_detector``): the architecture
+    :class:`~pipeline.worker.model_spec.ModelSpec` (``name``, ``build_detector``): the architecture
     comes from ``config``, not from a registry entry whose sha256 the weights would fail."""
 
     name: str
@@ -491,9 +492,8 @@ class RandomWeightsSpec:
     options: DetectorOptions
 
     def build_detector(self, weights: bytes, **detector_options) -> Detector:
-        """As :meth:`ModelSpec.build_detector <pipeline.model_spec.ModelSpec.build_detector>`:
-        ``detector_options`` are its keywords (``device``, ``precision``, ``compile``,
-        ``prepack``)."""
+        """As :meth:`pipeline.worker.model_spec.ModelSpec.build_detector`: ``detector_options``
+        are its keywords (``device``, ``precision``, ``compile``, ``prepack``)."""
         check_weights_digest(self.name, weights, self.weights_sha256)
         model = build_model(self.config)
         load_darknet_weights(model.darknet_convs(), weights, model_name=self.name)

@@ -3,7 +3,7 @@
 - ``s3_server`` (session): the running :class:`~infra.local.object_store.SeaweedS3Server`, with
   ``endpoint_url``, ``access_key``, ``secret_key``, ``region`` and ``client()``.
 - ``s3_env`` (function): the standard AWS environment variables pointing at that server, so code
-  under test that builds its own clients (``pipeline.s3.make_client``) reaches it.
+  under test that builds its own clients (``pipeline.store.s3.make_client``) reaches it.
 - ``s3_bucket`` (session): one bucket shared by all tests (creating one costs ~0.2 s).
 - ``s3_prefix`` (function): ``s3://BUCKET/<unique>/``, a key prefix no other test uses.
 

@@ -24,17 +24,17 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from pipeline.actor import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
-from pipeline.model_spec import resolve_model
-from pipeline.remote import DetectorActor
-from pipeline.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, STATUS_OK
-from pipeline.storage import S3Storage
+from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, STATUS_OK
+from pipeline.store.storage import S3Storage
+from pipeline.worker.actor import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
+from pipeline.worker.model_spec import resolve_model
+from pipeline.worker.remote import DetectorActor
 from yolov4.hub import CACHE_ENV_VAR
 
 try:
-    from pipeline.sources import SourceObject
+    from pipeline.store.sources import SourceObject
 except ImportError:  # pragma: no cover - the sources module is optional for these tests
-    from pipeline.storage import ObjectInfo as SourceObject
+    from pipeline.store.storage import ObjectInfo as SourceObject
 
 
 RUN_ID = "run-test"

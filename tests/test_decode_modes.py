@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.actor import ActorConfig, ShardProcessor, resolve_decode_mode
-from pipeline.config import DECODE_CPU, DECODE_DRAFT, DECODE_GPU
-from pipeline.model_spec import resolve_model
+from pipeline.worker.actor import ActorConfig, ShardProcessor, resolve_decode_mode
+from pipeline.worker.decode_modes import DECODE_CPU, DECODE_DRAFT, DECODE_GPU
+from pipeline.worker.model_spec import resolve_model
 from tests.test_actor import make_task
 from yolov4.compare import DRAFT_TOLERANCE, max_differences, mismatches
 from yolov4.detector import Detection

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.query import query
+from pipeline.results.query import query
 from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
     QUICK_TIMEOUT_S,

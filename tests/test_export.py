@@ -31,11 +31,11 @@ import pyarrow as pa
 import pytest
 from pycocotools.coco import COCO
 
-from pipeline.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
-from pipeline.ledger import Ledger, RunRecord, new_attempt_token, new_run_id
-from pipeline.query import query
-from pipeline.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
-from pipeline.storage import LocalStorage
+from pipeline.results.query import query
+from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
+from pipeline.store.ledger import Ledger, RunRecord, new_attempt_token, new_run_id
+from pipeline.store.storage import LocalStorage
+from pipeline.worker.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
 from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
     QUICK_TIMEOUT_S,
@@ -477,7 +477,7 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
 _MEASURE = textwrap.dedent(
     """
     import json, resource, sys
-    from pipeline.export import ExportOptions, export_results
+    from pipeline.results.export import ExportOptions, export_results
 
     warmup, output, fmt, dest = sys.argv[1:5]
     export_results(warmup, fmt, dest, ExportOptions())

@@ -39,11 +39,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.actor import ActorConfig, ShardProcessor, ShardTask
-from pipeline.model_spec import resolve_model
-from pipeline.query import query
-from pipeline.sources import SourceObject
-from pipeline.storage import S3Storage
+from pipeline.results.query import query
+from pipeline.store.sources import SourceObject
+from pipeline.store.storage import S3Storage
+from pipeline.worker.actor import ActorConfig, ShardProcessor, ShardTask
+from pipeline.worker.model_spec import resolve_model
 from tests.hostile_corpus import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,

@@ -19,11 +19,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipeline import incremental
-from pipeline.incremental import TOMBSTONE_SCHEMA, Delta
-from pipeline.plan import PlannedObject
-from pipeline.query import query
-from pipeline.schema import IMAGES_SCHEMA
+from pipeline.results.query import query
+from pipeline.run import incremental
+from pipeline.run.incremental import Delta
+from pipeline.run.plan import PlannedObject
+from pipeline.store.schema import IMAGES_SCHEMA, TOMBSTONE_SCHEMA
 from tests.test_pipeline_e2e import cli_env, run_args
 
 RUN_1 = "20260101T000000Z-aaaaaa"
@@ -285,7 +285,7 @@ def test_delta_reads_committed_files_itself_with_the_same_answer(where, tmp_path
     ones are copied first): the answer must equal the one over the ``all_images`` view."""
     import pyarrow.parquet as pq
 
-    from pipeline.storage import LocalStorage, S3Storage
+    from pipeline.store.storage import LocalStorage, S3Storage
 
     earlier = [
         ("s3://b/same.jpg", "e1", "ok", None, RUN_1),

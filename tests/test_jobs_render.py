@@ -22,8 +22,8 @@ from croniter import croniter
 
 from pipeline.cli import build_parser
 from pipeline.cli.run_cmd import config_from_args
-from pipeline.jobspec import load_spec
-from pipeline.query import query
+from pipeline.results.query import query
+from pipeline.run.jobspec import load_spec
 from tests.test_infra_k8s import validate
 from tests.test_jobs_spec import write_spec
 from tests.test_pipeline_e2e import (

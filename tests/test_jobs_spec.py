@@ -18,9 +18,9 @@ import yaml
 
 from pipeline.cli import build_parser
 from pipeline.cli.run_cmd import config_from_args
-from pipeline.config import RunConfig
-from pipeline.jobspec import JobSpecError, load_spec
-from pipeline.query import query
+from pipeline.results.query import query
+from pipeline.run.config import RunConfig
+from pipeline.run.jobspec import JobSpecError, load_spec
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
     Input,

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lease import LEASE_FILE, Lease, LeaseHeldError, LeaseLostError, read_lease
-from pipeline.storage import LocalStorage, S3Storage
+from pipeline.run.lease import Lease, LeaseHeldError, LeaseLostError, read_lease
+from pipeline.store.layout import LEASE_FILE
+from pipeline.store.storage import LocalStorage, S3Storage
 from tests.reliability import Outcome, record
 from tests.test_pipeline_e2e import QUICK_TIMEOUT_S, Input, cli_env, run_args, write_local_source
 from tests.test_pipeline_faults import commits, wait_for
@@ -240,7 +241,7 @@ def test_a_create_whose_reply_was_lost_is_recognised_as_ours(s3_env, s3_prefix):
     """The proxy lets the lease PUT through, then resets the connection: the client retries
     it, meets its own object (412) and must still hold the lease, not report itself."""
     from infra.local.fault_proxy import RESET, WRITE_METHODS, FaultProxy, FaultRule
-    from pipeline.s3 import S3Options
+    from pipeline.store.s3 import S3Options
 
     with FaultProxy(s3_env.endpoint_url, seed=7) as proxy:
         proxy.set_faults(FaultRule(RESET, 0.0, methods=WRITE_METHODS, keys=("_lease",), first=1))

@@ -1,10 +1,10 @@
-"""Model resolution on the driver and the build on actors (``pipeline.model_spec``)."""
+"""Model resolution on the driver and the build on actors (``pipeline.worker.model_spec``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.model_spec import DetectorOptions, resolve_model
+from pipeline.worker.model_spec import DetectorOptions, resolve_model
 from tests.darknet_fixtures import COCO_NAMES, YOLOV4_TINY_CFG
 from yolov4.errors import DarknetFormatError, WeightsIntegrityError
 

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import ray  # noqa: F401  (puts ray/thirdparty_files, where Ray ships psutil, on sys.path)
 
-from pipeline.query import query
+from pipeline.results.query import query
 from yolov4.detector import Detector
 from yolov4.hub import CACHE_ENV_VAR
 

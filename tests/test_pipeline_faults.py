@@ -9,7 +9,7 @@
 - Ctrl-C (SIGINT to the driver): exit 130, run record ``interrupted``; ``--resume`` completes.
 
 Each test checks the final tables exactly (one ``images`` row per input, the reference
-detections for each photo, nothing in ``all_*`` beyond them) with ``pipeline.query``.
+detections for each photo, nothing in ``all_*`` beyond them) with ``pipeline.results.query``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.query import query
+from pipeline.results.query import query
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
     Input,

@@ -1,7 +1,7 @@
 """Process faults: a driver SIGKILLed again and again, actors killed repeatedly, a node lost.
 
 Every scenario ends with the exact expected tables (one ``images`` row per input, the
-reference detections for each photo, nothing else visible), checked with ``pipeline.query``,
+reference detections for each photo, nothing else visible), checked with ``pipeline.results.query``,
 and its outcome is recorded for the README's Reliability table (:mod:`tests.reliability`).
 
 - The same run's driver is SIGKILLed five times in a row, each time at a different point:
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.query import query
+from pipeline.results.query import query
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import Input, assert_run_results, cli_env, run_args, write_local_source
 from tests.test_pipeline_e2e import psutil as ps

@@ -41,12 +41,12 @@ from infra.local.fault_proxy import (
     ProxyStats,
     mixed_faults,
 )
-from pipeline.actor import ActorConfig, ShardProcessor, ShardTask
-from pipeline.model_spec import resolve_model
-from pipeline.query import query
-from pipeline.s3 import S3Options
-from pipeline.sources import SourceObject
-from pipeline.storage import S3Storage, TransientStorageError
+from pipeline.results.query import query
+from pipeline.store.s3 import S3Options
+from pipeline.store.sources import SourceObject
+from pipeline.store.storage import S3Storage, TransientStorageError
+from pipeline.worker.actor import ActorConfig, ShardProcessor, ShardTask
+from pipeline.worker.model_spec import resolve_model
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import (
     RUN_TIMEOUT_S,
@@ -392,7 +392,7 @@ def test_long_random_fault_mixes_lose_and_double_nothing(
 
 def test_retry_settings_respect_the_aws_configuration(monkeypatch):
     """Flags win; without them, botocore's documented variables; without those, ours."""
-    from pipeline.s3 import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, make_client
+    from pipeline.store.s3 import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, make_client
 
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     for name in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_PROFILE"):

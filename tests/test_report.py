@@ -33,16 +33,21 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.query import query
-from pipeline.report import render_html
-from pipeline.report.data import (
+from pipeline.results.query import query
+from pipeline.results.report import render_html
+from pipeline.results.report.data import (
     ClassCount,
     ErrorReason,
     ReportData,
     ThroughputBucket,
     collect,
 )
-from pipeline.report.gallery import THUMBNAIL_LONG_SIDE, Sample, SampleBox, resize_for_thumbnail
+from pipeline.results.report.gallery import (
+    THUMBNAIL_LONG_SIDE,
+    Sample,
+    SampleBox,
+    resize_for_thumbnail,
+)
 from tests.test_pipeline_e2e import (
     ERROR_EMPTY,
     ERROR_NOT_AN_IMAGE,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import DECODE_MODES, RunConfig
+from pipeline.run.config import RunConfig
+from pipeline.worker.decode_modes import DECODE_MODES
 
 
 def config(**kwargs) -> RunConfig:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.layout import OutputLayout, checked_segment
+from pipeline.store.layout import OutputLayout, checked_segment
 from tests.reliability import Outcome, record
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
@@ -154,8 +154,8 @@ def test_credentials_never_reach_any_artefact(
 
 _RAY_PROBE = r"""
 import json, os, subprocess, sys
-from pipeline.config import RunConfig
-from pipeline.driver import _init_ray
+from pipeline.run.config import RunConfig
+from pipeline.run.driver import _init_ray
 import ray
 
 _init_ray(RunConfig(source="unused", output="unused"))

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import urllib3.exceptions
 
-from pipeline import sources
-from pipeline import storage as storage_module
-from pipeline.sources import (
+from pipeline.store import sources
+from pipeline.store import storage as storage_module
+from pipeline.store.sources import (
     IMAGE_EXTENSIONS,
     LocalFolderSource,
     ManifestSource,
@@ -27,8 +27,8 @@ from pipeline.sources import (
     SourceObject,
     open_source,
 )
-from pipeline.storage import S3Storage, StorageError
-from pipeline.uris import join, parse_s3
+from pipeline.store.storage import S3Storage, StorageError
+from pipeline.store.uris import join, parse_s3
 
 #: A tree of objects: nested folders, spaces, non-ASCII, upper-case extensions, non-images.
 TREE = {

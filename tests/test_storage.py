@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage as storage_module
-from pipeline.s3 import S3Options
-from pipeline.storage import (
+from pipeline.store import storage as storage_module
+from pipeline.store.s3 import S3Options
+from pipeline.store.storage import (
     LocalStorage,
     ObjectTooLargeError,
     PreconditionFailedError,
@@ -19,7 +19,7 @@ from pipeline.storage import (
     StorageError,
     storage_for,
 )
-from pipeline.uris import join
+from pipeline.store.uris import join
 
 #: Objects written to cross the 1,000-key ListObjectsV2 page boundary.
 PAGINATION_OBJECTS = 1050

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from pipeline.errors import RunError
-from pipeline.storage import StorageError
+from pipeline.store.storage import StorageError
 from yolov4.errors import YoloError
 
 EXIT_OK = 0

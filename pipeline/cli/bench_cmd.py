@@ -26,8 +26,8 @@ from pipeline.bench import (
     run_bench,
     write_json,
 )
-from pipeline.config import DECODE_AUTO, DECODE_MODES
-from pipeline.model_spec import DEFAULT_MODEL
+from pipeline.worker.decode_modes import DECODE_AUTO, DECODE_MODES
+from pipeline.worker.model_spec import DEFAULT_MODEL
 from yolov4.detector import PRECISIONS
 from yolov4.errors import YoloError
 

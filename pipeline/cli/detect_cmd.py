@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli.model_options import add_model_arguments, detector_options
-from pipeline.model_spec import DEFAULT_MODEL
+from pipeline.worker.model_spec import DEFAULT_MODEL
 from yolov4.detector import Detection, Detector
 from yolov4.draw import save_annotated
 from yolov4.errors import ImageDecodeError, YoloError

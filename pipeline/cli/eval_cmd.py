@@ -7,8 +7,8 @@ import json
 import math
 
 from pipeline.cli.query_cmd import format_table
-from pipeline.evaluate import IOU_TYPES, MATCH_AUTO, MATCH_MODES, evaluate
-from pipeline.s3 import S3Options
+from pipeline.results.evaluate import IOU_TYPES, MATCH_AUTO, MATCH_MODES, evaluate
+from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.export import FORMATS, ExportOptions, export_results
-from pipeline.export.reader import DEFAULT_MEMORY_LIMIT
-from pipeline.s3 import S3Options
+from pipeline.results.export import FORMATS, ExportOptions, export_results
+from pipeline.results.export.reader import DEFAULT_MEMORY_LIMIT
+from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.jobspec import JobSpec, load_spec
+from pipeline.run.jobspec import JobSpec, load_spec
 
 #: The templates, in a checkout of the repository (they are not part of the installed package).
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "scheduled"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.model_spec import DEFAULT_MODEL, DetectorOptions
+from pipeline.worker.model_spec import DEFAULT_MODEL, DetectorOptions
 from yolov4.detector import PRECISIONS
 from yolov4.preprocess import RESIZE_MODES
 from yolov4.pretrained import pretrained_names

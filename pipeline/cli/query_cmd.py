@@ -7,8 +7,8 @@ import csv
 import json
 import sys
 
-from pipeline.query import query
-from pipeline.s3 import S3Options
+from pipeline.results.query import query
+from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.report import write_report
-from pipeline.report.data import DEFAULT_SAMPLES
-from pipeline.s3 import S3Options
+from pipeline.results.report import write_report
+from pipeline.results.report.data import DEFAULT_SAMPLES
+from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

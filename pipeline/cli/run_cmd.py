@@ -12,19 +12,19 @@ import dataclasses
 import sys
 
 from pipeline.cli.model_options import add_model_arguments
-from pipeline.config import (
+from pipeline.run.config import (
     ACTOR_START_TIMEOUT_S,
-    DECODE_MODES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARDS_PER_ACTOR,
     ModelChoice,
     RunConfig,
 )
-from pipeline.jobspec import load_spec
-from pipeline.plan import DEFAULT_SHARD_SIZE
-from pipeline.s3 import DEFAULT_MAX_ATTEMPTS as S3_DEFAULT_MAX_ATTEMPTS
-from pipeline.s3 import READ_TIMEOUT_S
+from pipeline.run.jobspec import load_spec
+from pipeline.run.plan import DEFAULT_SHARD_SIZE
+from pipeline.store.s3 import DEFAULT_MAX_ATTEMPTS as S3_DEFAULT_MAX_ATTEMPTS
+from pipeline.store.s3 import READ_TIMEOUT_S
+from pipeline.worker.decode_modes import DECODE_MODES
 
 #: Options a job spec can also set (option dest -> RunConfig field, ``detector.`` / ``s3.`` for
 #: the nested settings). They default to ``None`` in the parser: given ones override the spec,
@@ -206,7 +206,7 @@ def _model_choice(base: ModelChoice, args: argparse.Namespace) -> ModelChoice:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import driver
+    from pipeline.run import driver
 
     config = config_from_args(args)
     outcome = driver.run(config, bar=False if args.no_progress else None)

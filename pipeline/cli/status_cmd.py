@@ -7,12 +7,12 @@ import json
 import time
 from dataclasses import asdict
 
-from pipeline.layout import OutputLayout
-from pipeline.lease import read_lease
-from pipeline.ledger import Ledger
-from pipeline.s3 import S3Options
-from pipeline.storage import storage_for
-from pipeline.uris import normalize
+from pipeline.run.lease import read_lease
+from pipeline.store.layout import OutputLayout
+from pipeline.store.ledger import Ledger
+from pipeline.store.s3 import S3Options
+from pipeline.store.storage import storage_for
+from pipeline.store.uris import normalize
 from yolov4.errors import YoloError
 
 #: A running run whose status file is older than this is reported as possibly dead.

@@ -1,0 +1,12 @@
+"""The driver of ``yolo-batch run``: everything that happens in the one process that plans and
+supervises a run.
+
+It owns the run's settings (:mod:`~pipeline.run.config`) and job specs
+(:mod:`~pipeline.run.jobspec`); the lifecycle (:mod:`~pipeline.run.driver`: preflight, lease,
+run identity, plan, actors, dispatch, retries, commit, finish); the plan of shards
+(:mod:`~pipeline.run.plan`) and the incremental delta against earlier runs
+(:mod:`~pipeline.run.incremental`); the one-run-per-output lease (:mod:`~pipeline.run.lease`);
+and progress reporting (:mod:`~pipeline.run.progress`). It starts :mod:`pipeline.worker` actors
+and writes through :mod:`pipeline.store`; it never reads results through
+:mod:`pipeline.results`.
+"""

@@ -1,0 +1,123 @@
+"""Where a run's files live under the output URI.
+
+::
+
+    OUTPUT/
+      _status.json                              progress of the latest run (refreshed)
+      _lease.json                               the running run's lease (one run at a time)
+      _deleted/RUN_ID/part-000000.parquet       tombstones: objects an incremental run found gone
+      _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
+      _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
+      _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order
+      _runs/RUN_ID/commits/shard-000012.TOKEN.json  commit marker: names shard 12's attempt
+      _runs/RUN_ID/failed/shard-000012.json     shard 12 ran out of attempts (cleared on commit)
+      detections/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
+      images/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
+
+Data files are named by shard and attempt token and become visible to readers only through
+the commit marker that names that token, so a retried shard's stray files never show up twice.
+
+No part of a path comes from an object key: paths are built from the run id, table names, shard
+numbers and attempt tokens only, and each of those must be one plain name segment
+(:func:`checked_segment`), so nothing a user or a source supplies can point outside the output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.store.uris import join
+
+RUNS_DIR = "_runs"
+STATUS_FILE = "_status.json"
+LEASE_FILE = "_lease.json"
+DELETED_DIR = "_deleted"
+DETECTIONS_TABLE = "detections"
+IMAGES_TABLE = "images"
+SHARD_DIGITS = 6
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: The run id in a data file's path (``TABLE/run_id=RUN/shard-...parquet``).
+_DATA_FILE_RUN = re.compile(r"/run_id=([^/]+)/[^/]+$")
+
+
+def checked_segment(value: str, what: str) -> str:
+    """``value`` if it is one safe path segment (letters, digits, ``_ . -``; no ``..``)."""
+    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a plain name (letters, digits, '_', '.', '-'): it would "
+            "not stay inside the output folder"
+        )
+    return value
+
+
+def deleted_dir(output_uri: str, run_id: str | None = None) -> str:
+    """Where tombstones live: ``OUTPUT/_deleted/`` or one run's folder in it."""
+    base = join(output_uri, DELETED_DIR)
+    return join(base, checked_segment(run_id, "run id")) if run_id else base
+
+
+def data_file_run_id(data_file: str) -> str:
+    """The run id of a data file ``.../TABLE/run_id=RUN/shard-....parquet``."""
+    match = _DATA_FILE_RUN.search(data_file.replace("\\", "/"))
+    if match is None:
+        raise ValueError(f"{data_file!r} is not a data file of a run output (TABLE/run_id=RUN/...)")
+    return match[1]
+
+
+def shard_name(shard_id: int) -> str:
+    if isinstance(shard_id, bool) or not isinstance(shard_id, int) or shard_id < 0:
+        raise ValueError(f"shard id must be a non-negative integer, got {shard_id!r}")
+    return f"shard-{shard_id:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths of one output root (an ``s3://`` prefix or an absolute local folder)."""
+
+    root: str
+
+    @property
+    def status(self) -> str:
+        return join(self.root, STATUS_FILE)
+
+    @property
+    def lease(self) -> str:
+        return join(self.root, LEASE_FILE)
+
+    @property
+    def runs_dir(self) -> str:
+        return join(self.root, RUNS_DIR)
+
+    def run_dir(self, run_id: str) -> str:
+        return join(self.root, RUNS_DIR, checked_segment(run_id, "run id"))
+
+    def run_record(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "run.json")
+
+    def plan_summary(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "plan.json")
+
+    def plan_dir(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "plan")
+
+    def plan_shard(self, run_id: str, shard_id: int) -> str:
+        return join(self.plan_dir(run_id), f"{shard_name(shard_id)}.parquet")
+
+    def commits_dir(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "commits")
+
+    def failed_dir(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "failed")
+
+    def failed_marker(self, run_id: str, shard_id: int) -> str:
+        return join(self.failed_dir(run_id), f"{shard_name(shard_id)}.json")
+
+    def table_dir(self, table: str, run_id: str) -> str:
+        if table not in (DETECTIONS_TABLE, IMAGES_TABLE):
+            raise ValueError(f"unknown table {table!r}: {DETECTIONS_TABLE} or {IMAGES_TABLE}")
+        return join(self.root, table, f"run_id={checked_segment(run_id, 'run id')}")
+
+    def data_file(self, table: str, run_id: str, shard_id: int, attempt_token: str) -> str:
+        token = checked_segment(attempt_token, "attempt token")
+        return join(self.table_dir(table, run_id), f"{shard_name(shard_id)}-{token}.parquet")
