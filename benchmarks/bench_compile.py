@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import bench  # noqa: E402
-from pipeline.worker.actor import ActorConfig, ShardProcessor  # noqa: E402
+from pipeline.worker import ActorConfig, ShardProcessor  # noqa: E402
 
 CONTENDERS = ("eager", "compiled")
 

@@ -42,7 +42,7 @@ from pipeline import bench  # noqa: E402
 from pipeline.run.config import DEFAULT_SHARDS_PER_ACTOR  # noqa: E402
 from pipeline.store.s3 import S3Options  # noqa: E402
 from pipeline.store.sources import SourceObject  # noqa: E402
-from pipeline.worker.actor import ActorConfig, ShardProcessor  # noqa: E402
+from pipeline.worker import ActorConfig, ShardProcessor  # noqa: E402
 
 BUCKET = "overlap-bench"
 ONE_AT_A_TIME = "one at a time"

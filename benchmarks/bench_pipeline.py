@@ -327,7 +327,7 @@ def shard_tasks(source: Path, shard_size: int, output_root: Path, run_id: str) -
     """The source's objects in plan order, cut into ``ShardTask`` as the driver would."""
     from pipeline.store.ledger import new_attempt_token
     from pipeline.store.sources import open_source
-    from pipeline.worker.actor import ShardTask
+    from pipeline.worker import ShardTask
 
     objects = list(open_source(str(source)).iter_objects())
     return [
@@ -376,7 +376,7 @@ def time_batched(detector, paths: list[Path]) -> dict:
 
 def make_processor(spec, weights):
     """A ShardProcessor configured as the driver configures its actor (1 actor, 2 CPUs)."""
-    from pipeline.worker.actor import ActorConfig, ShardProcessor
+    from pipeline.worker import ActorConfig, ShardProcessor
 
     config = ActorConfig(
         batch_size=BATCH_SIZE, fetch_threads=FETCH_THREADS, torch_threads=TORCH_THREADS

@@ -57,7 +57,7 @@ from PIL import Image
 from pipeline.run.config import DEFAULT_SHARDS_PER_ACTOR
 from pipeline.store.sources import open_source
 from pipeline.store.storage import storage_for
-from pipeline.worker.actor import (
+from pipeline.worker import (
     ActorConfig,
     ShardProcessor,
     ShardResult,

@@ -26,7 +26,7 @@ import ray
 
 from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, STATUS_OK
 from pipeline.store.storage import S3Storage
-from pipeline.worker.actor import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
+from pipeline.worker import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
 from pipeline.worker.model_spec import resolve_model
 from pipeline.worker.remote import DetectorActor
 from yolov4.hub import CACHE_ENV_VAR

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import ray
 
-from pipeline.worker.actor import ActorConfig
+from pipeline.worker import ActorConfig
 from yolov4.hub import CACHE_ENV_VAR
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peer.py"

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.worker.actor import ActorConfig, ShardProcessor, resolve_decode_mode
+from pipeline.worker import ActorConfig, ShardProcessor, resolve_decode_mode
 from pipeline.worker.decode_modes import DECODE_CPU, DECODE_DRAFT, DECODE_GPU
 from pipeline.worker.model_spec import resolve_model
 from tests.test_actor import make_task

@@ -42,7 +42,7 @@ from PIL import Image, ImageOps
 from pipeline.results.query import query
 from pipeline.store.sources import SourceObject
 from pipeline.store.storage import S3Storage
-from pipeline.worker.actor import ActorConfig, ShardProcessor, ShardTask
+from pipeline.worker import ActorConfig, ShardProcessor, ShardTask
 from pipeline.worker.model_spec import resolve_model
 from tests.hostile_corpus import (
     MAX_IMAGE_BYTES,

@@ -45,7 +45,7 @@ from pipeline.results.query import query
 from pipeline.store.s3 import S3Options
 from pipeline.store.sources import SourceObject
 from pipeline.store.storage import S3Storage, TransientStorageError
-from pipeline.worker.actor import ActorConfig, ShardProcessor, ShardTask
+from pipeline.worker import ActorConfig, ShardProcessor, ShardTask
 from pipeline.worker.model_spec import resolve_model
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import (

@@ -66,7 +66,7 @@ from pipeline.store.s3 import AWS_ENV_VARS
 from pipeline.store.sources import open_source
 from pipeline.store.storage import StorageError, TransientStorageError, storage_for
 from pipeline.store.uris import is_within, join, normalize
-from pipeline.worker.actor import ActorConfig, ShardResult, ShardTask
+from pipeline.worker import ActorConfig, ShardResult, ShardTask
 from pipeline.worker.model_spec import ModelSpec, resolve_model
 from pipeline.worker.remote import DetectorActor
 

@@ -7,3 +7,23 @@ modes in :mod:`~pipeline.worker.decode_modes`), the Parquet sink that writes a s
 (:mod:`~pipeline.worker.remote`). Reads and writes through :mod:`pipeline.store`; knows nothing
 of the driver.
 """
+
+from pipeline.worker.actor import (
+    ActorConfig,
+    ModelTurns,
+    ShardProcessor,
+    ShardResult,
+    ShardTask,
+    available_cpus,
+    resolve_decode_mode,
+)
+
+__all__ = [
+    "ActorConfig",
+    "ModelTurns",
+    "ShardProcessor",
+    "ShardResult",
+    "ShardTask",
+    "available_cpus",
+    "resolve_decode_mode",
+]
