@@ -2,7 +2,7 @@
 
 Two contenders built from the same weights, timed in alternation round after round (the order
 rotating): ``Detector.detect_batch`` on decoded images already at the network size (model
-only), and the actor's worker (:class:`pipeline.worker.actor.ShardProcessor`, 2 shards in flight as
+only), and the actor's worker (:class:`pipeline.worker.ShardProcessor`, 2 shards in flight as
 in the actor) reading, decoding, detecting and writing Parquet on generated 1280x720 JPEGs.
 Compilation happens before timing (the worker compiles in its constructor); its duration is
 reported. Figures: medians over rounds of images/s, and of the per-round ratios.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import bench  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
+from pipeline.bench.config import BenchConfig, check_device  # noqa: E402
+from pipeline.bench.end_to_end import measure_e2e, shard_task  # noqa: E402
+from pipeline.bench.images import calibration_batch, network_inputs, prepare_images  # noqa: E402
+from pipeline.bench.model_only import measure_model  # noqa: E402
+from pipeline.bench.models import architecture, load_model  # noqa: E402
 from pipeline.worker import ActorConfig, ShardProcessor  # noqa: E402
 
 CONTENDERS = ("eager", "compiled")
@@ -49,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = bench.check_device(args.device)
-    config = bench.BenchConfig(
+    device = check_device(args.device)
+    config = BenchConfig(
         model=args.model,
         random_weights=args.random_weights,
         size=args.size,
@@ -59,15 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict = {"parameters": vars(args) | {"json": str(args.json)}, "rounds": []}
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as workdir:
-        images = bench.prepare_images(config, Path(workdir))
-        model = bench.load_model(
+        images = prepare_images(config, Path(workdir))
+        model = load_model(
             config,
-            lambda: bench.calibration_batch(images, bench.architecture(config)[1].input_size),
+            lambda: calibration_batch(images, architecture(config)[1].input_size),
             device,
         )
-        inputs = bench.network_inputs(
-            images.data, args.batch_size, model.config.input_size, device
-        )[: args.batch_size]
+        inputs = network_inputs(images.data, args.batch_size, model.config.input_size, device)[
+            : args.batch_size
+        ]
         detectors, processors, compile_s = {}, {}, {}
         for name in CONTENDERS:
             started = time.perf_counter()
@@ -83,17 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         report["start_seconds"] = compile_s
         print(f"start (build, compile): {compile_s}", flush=True)
         tasks = functools.partial(
-            bench.shard_task, images.objects, args.shard_size, Path(workdir) / "out"
+            shard_task, images.objects, args.shard_size, Path(workdir) / "out"
         )
         for round_index in range(args.rounds):
             order = CONTENDERS if round_index % 2 == 0 else tuple(reversed(CONTENDERS))
             row: dict = {}
             for name in order:
-                figures = bench.measure_model(
+                figures = measure_model(
                     detectors[name], inputs, args.seconds, model.flops_per_image
                 )
                 row[f"{name}_model"] = figures["images_per_s"]
-                e2e = bench.measure_e2e(processors[name], tasks, args.seconds)
+                e2e = measure_e2e(processors[name], tasks, args.seconds)
                 row[f"{name}_e2e"] = e2e["images_per_s"]
             report["rounds"].append(row)
             print(f"round {round_index + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report[figure] = {"eager": eager, "compiled": compiled, "ratio": ratio}
         print(f"{figure:>6}: eager {eager:.2f} img/s, compiled {compiled:.2f} img/s, x{ratio:.3f}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_json(args.json, report)
     return 0
 
 

@@ -49,10 +49,8 @@ and medians are taken over the rounds without it when there are any (``--busy-th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -69,6 +67,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import (  # noqa: E402
+    COCO_NAMES,
+    YOLOV4_CFG,
+    YOLOV4_TINY_CFG,
+    cfg_at_size,
+    json_args,
+    write_json,
+)
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg, read_names  # noqa: E402
 from yolov4.darknet_weights import save_darknet_weights  # noqa: E402
 from yolov4.decode import decode_outputs  # noqa: E402
@@ -77,16 +83,18 @@ from yolov4.model import build_model  # noqa: E402
 from yolov4.postprocess import postprocess  # noqa: E402
 from yolov4.preprocess import prepare_batch  # noqa: E402
 from yolov4.pretrained import Pretrained, fetch_sample_images  # noqa: E402
+from yolov4.random_weights import random_darknet_model  # noqa: E402
 
-DARKNET_DIR = REPO / "tests" / "data" / "darknet"
-CFGS = {"yolov4-tiny": DARKNET_DIR / "yolov4-tiny.cfg", "yolov4": DARKNET_DIR / "yolov4.cfg"}
-NAMES = DARKNET_DIR / "coco.names"
+CFGS = {"yolov4-tiny": YOLOV4_TINY_CFG, "yolov4": YOLOV4_CFG}
+NAMES = COCO_NAMES
 DEFAULT_SIZES = {"yolov4-tiny": 416, "yolov4": 608}
 #: darknet's printed "BFLOPs" (2 FLOPs per multiply-add) at the reference size.
 DARKNET_BFLOPS = {"yolov4-tiny": (6.9, 416), "yolov4": (128.5, 608)}
 #: fp32 FLOPs per cycle per core: 2 FMA pipes x 8 lanes (256 bit) x 2.
 FLOPS_PER_CYCLE = 32
 CONF_THRESHOLD = 0.25
+#: Random weights (yolov4): boxes per photo that pass the score threshold, as with trained ones.
+RANDOM_CANDIDATES_PER_IMAGE = 30
 NMS_THRESHOLD = 0.45
 #: glibc malloc settings that keep freed activation buffers in the process (``--malloc-env``):
 #: by default large blocks go back to the OS and every forward page-faults them in again.
@@ -189,70 +197,22 @@ def conv_flops_per_image(cfg: Path) -> float:
 
 
 # ----------------------------------------------------------------------------- model files
-def write_cfg(model: str, size: int, workdir: Path) -> Path:
-    text = CFGS[model].read_text()
-    text = re.sub(r"^width=\d+", f"width={size}", text, flags=re.M)
-    text = re.sub(r"^height=\d+", f"height={size}", text, flags=re.M)
-    path = workdir / f"{model}-{size}.cfg"
-    path.write_text(text)
-    return path
-
-
-@torch.no_grad()
 def write_random_weights(
     cfg: Path,
     path: Path,
     images: list[torch.Tensor],
-    candidates_per_image: int = 30,
+    candidates_per_image: int = RANDOM_CANDIDATES_PER_IMAGE,
     seed: int = 0,
 ) -> Path:
-    """Random darknet weights for ``cfg`` that behave like trained ones where timing cares.
-
-    - Conv weights ~ N(0, 2 / fan_in); batch-norm statistics set from one training-mode forward
-      on ``images`` (the benchmark's photos), so every batch-norm output is of unit scale: no
-      overflow and no denormals, which would distort CPU timings.
-    - The prediction convs are scaled down (moderate ``exp(tw)``), and their biases set so that
-      about ``candidates_per_image`` rows per photo pass the 0.25 objectness threshold, each
-      for one class (one class per anchor): NMS then sees a realistic number of boxes. With
-      raw random outputs nearly every row of the 80 classes passes, and NMS dominates.
-    """
+    """Random darknet weights for ``cfg`` that behave like trained ones where timing cares
+    (:func:`yolov4.random_weights.random_darknet_model`): batch norm calibrated on ``images``
+    (the benchmark's photos), and about ``candidates_per_image`` boxes per photo passing the
+    score threshold, so that NMS sees a realistic number of boxes."""
     config = config_from_cfg(parse_cfg(cfg), read_names(NAMES))
-    model = build_model(config)
-    generator = torch.Generator().manual_seed(seed)
-    for conv in model.darknet_convs():
-        weight = conv.conv.weight
-        std = (2.0 / weight[0].numel()) ** 0.5
-        weight.copy_(torch.randn(weight.shape, generator=generator) * std)
-        if conv.bn is None:
-            weight.mul_(0.1)
-            conv.conv.bias.zero_()
-        else:
-            conv.bn.momentum = 1.0
     batch, _ = prepare_batch(images, config.input_size)
-    model.train()
-    model(batch)
-    model.eval()
-    for conv in model.darknet_convs():
-        if conv.bn is not None:
-            conv.bn.running_var.clamp_(min=0.5)
-    predictions = [conv for conv in model.darknet_convs() if conv.bn is None]
-    attrs = 5 + config.num_classes
-    objectness = torch.cat(
-        [
-            out.view(len(images), len(head.mask), attrs, -1)[:, :, 4].flatten()
-            for out, head in zip(model(batch), config.heads)
-        ]
+    model = random_darknet_model(
+        config, seed=seed, calibration=batch, candidates_per_image=candidates_per_image
     )
-    kth = objectness.topk(candidates_per_image * len(images)).values[-1]
-    shift = float(torch.logit(torch.tensor(CONF_THRESHOLD)) - kth) + 1e-3
-    anchor = 0
-    for conv, head in zip(predictions, config.heads):
-        bias = conv.conv.bias.view(len(head.mask), attrs)
-        bias[:, 4] += shift
-        bias[:, 5:] -= 8.0
-        for a in range(len(head.mask)):
-            bias[a, 5 + (anchor * 11) % config.num_classes] += 16.0
-            anchor += 1
     save_darknet_weights(model.darknet_convs(), path)
     return path
 
@@ -261,7 +221,7 @@ def model_files(
     model: str, size: int, workdir: Path, images: list[torch.Tensor]
 ) -> tuple[Path, Path]:
     """``(cfg, weights)`` shared by the project and OpenCV."""
-    cfg = write_cfg(model, size, workdir)
+    cfg = cfg_at_size(CFGS[model], workdir / f"{model}-{size}.cfg", size)
     if model == "yolov4-tiny":
         return cfg, Pretrained.YOLOV4_TINY_COCO.value.fetch_weights()
     weights = workdir / f"{model}-{size}-random.weights"
@@ -808,13 +768,12 @@ def main(argv: list[str] | None = None) -> int:
             "peak_gflops_given": bool(args.peak_gflops),
             "measured_conv_gflops": measured,
             "flop_convention": "2 FLOPs per multiply-add, convolutions only",
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": json_args(args),
             "elapsed_s": elapsed,
             "loadavg_end": loadavg(),
             "sections": sections,
         }
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 

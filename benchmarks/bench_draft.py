@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import platform
 import statistics
 import sys
@@ -57,6 +56,7 @@ import PIL  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
+from benchmarks.common import json_args, write_json  # noqa: E402
 from yolov4.compare import DRAFT_TOLERANCE, iou, max_differences, mismatches  # noqa: E402
 from yolov4.detector import Detection, Detector  # noqa: E402
 from yolov4.imageio import (  # noqa: E402
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     samples = fetch_sample_images(cache=args.cache)
     cases = make_cases(samples, args.upscales, args.qualities, args.noise)
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    arguments = json_args(args)
     results: dict = {"environment": environment(), "arguments": arguments}
     print(f"# JPEG draft decoding (qualities {args.qualities}, noise {args.noise:g})")
     if not args.skip_speed:
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_s"] = time.perf_counter() - started
     print(f"\n(wall time {results['wall_s']:.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

@@ -26,7 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
-from pipeline.store.ledger import Ledger, RunRecord, new_attempt_token, new_run_id  # noqa: E402
+from pipeline.store.ledger import (  # noqa: E402
+    Ledger,
+    RunRecord,
+    ShardCounts,
+    new_attempt_token,
+    new_run_id,
+)
 from pipeline.store.storage import LocalStorage  # noqa: E402
 from pipeline.worker.sink import (  # noqa: E402
     DetectionsBuffer,
@@ -75,7 +81,7 @@ def write_output(root: Path, num_images: int, shard_size: int) -> str:
             shard_id=shard_id,
         )
         write_parquet(storage, layout.data_file(IMAGES_TABLE, run_id, shard_id, token), table)
-        ledger.commit(run_id, shard_id, token, {"num_images": n})
+        ledger.commit(run_id, shard_id, token, ShardCounts(images=n))
     return run_id
 
 

@@ -1,6 +1,6 @@
 """Overlapping shards in one actor: what it saves when the store is remote.
 
-The actor's worker (:class:`pipeline.worker.actor.ShardProcessor`, in this process, no Ray) reads
+The actor's worker (:class:`pipeline.worker.ShardProcessor`, in this process, no Ray) reads
 generated JPEGs from a real S3-compatible server (SeaweedFS on 127.0.0.1) through a proxy
 that holds every response ``--latency-ms`` before its first byte, as a remote store's time to
 first byte does (S3 within a region: tens of milliseconds), and writes each shard's Parquet
@@ -11,7 +11,7 @@ rotating), on the same shards:
   the model waits for each shard's first images and for its output write;
 - ``overlapped``: ``--in-flight`` shards at once (the driver's ``shards_per_actor``, which the
   actor runs concurrently): the next shard loads while the model finishes one, and the model
-  moves on while it writes (:class:`pipeline.worker.actor.ModelTurns`).
+  moves on while it writes (:class:`pipeline.worker.ModelTurns`).
 
 Reported per contender: images/s (median over rounds), the model's busy fraction (time in
 ``detect_batch`` / wall time), and the overlapped / one-at-a-time ratio (median of per-round
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -36,13 +35,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import write_json  # noqa: E402
 from infra.local.fault_proxy import FaultProxy  # noqa: E402
 from infra.local.object_store import SeaweedS3Server  # noqa: E402
-from pipeline import bench  # noqa: E402
+from pipeline.bench.config import BenchConfig  # noqa: E402
+from pipeline.bench.end_to_end import measure_e2e, shard_task  # noqa: E402
+from pipeline.bench.images import ImageSet, prepare_images  # noqa: E402
+from pipeline.bench.models import load_model  # noqa: E402
 from pipeline.run.config import DEFAULT_SHARDS_PER_ACTOR  # noqa: E402
 from pipeline.store.s3 import S3Options  # noqa: E402
 from pipeline.store.sources import SourceObject  # noqa: E402
-from pipeline.worker import ActorConfig, ShardProcessor  # noqa: E402
+from pipeline.worker import ActorConfig, ShardProcessor, available_cpus  # noqa: E402
 
 BUCKET = "overlap-bench"
 ONE_AT_A_TIME = "one at a time"
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def upload_images(server: SeaweedS3Server, images: bench.ImageSet) -> list[SourceObject]:
+def upload_images(server: SeaweedS3Server, images: ImageSet) -> list[SourceObject]:
     client = server.client()
     client.create_bucket(Bucket=BUCKET)
     objects = []
@@ -91,8 +94,8 @@ def measure(args: argparse.Namespace, server: SeaweedS3Server, objects, model, l
                 order = list(rates) if round_index % 2 == 0 else list(reversed(rates))
                 for name in order:
                     output = f"s3://{BUCKET}/out-{round_index}-{len(rates[name])}-{name[0]}"
-                    tasks = functools.partial(bench.shard_task, objects, args.shard_size, output)
-                    figures = bench.measure_e2e(processor, tasks, args.seconds, in_flight[name])
+                    tasks = functools.partial(shard_task, objects, args.shard_size, output)
+                    figures = measure_e2e(processor, tasks, args.seconds, in_flight[name])
                     rates[name].append(figures)
                     print(
                         f"  latency {latency_s * 1000:.0f} ms, round {round_index + 1}, {name}: "
@@ -120,13 +123,13 @@ def summarise(rates: dict[str, list[dict]]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads or bench.available_cpus())
+    torch.set_num_threads(args.threads or available_cpus())
     report: dict = {"parameters": vars(args) | {"json": str(args.json)}, "latencies": {}}
     with tempfile.TemporaryDirectory(prefix="bench-overlap-") as workdir:
-        config = bench.BenchConfig(images=args.images, size=args.size)
-        images = bench.prepare_images(config, Path(workdir))
+        config = BenchConfig(images=args.images, size=args.size)
+        images = prepare_images(config, Path(workdir))
         device = torch.device("cpu")
-        model = bench.load_model(config, lambda: None, device)  # trained weights
+        model = load_model(config, lambda: None, device)  # trained weights
         with SeaweedS3Server(Path(workdir) / "store") as server:
             os.environ["AWS_ACCESS_KEY_ID"] = server.access_key
             os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_key
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{one['model_busy_fraction']:.0%} -> {over['model_busy_fraction']:.0%}"
         )
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_json(args.json, report)
     return 0
 
 

@@ -53,7 +53,7 @@ compared image by image: same width and height, same number of detections, and b
 our actor decodes JPEGs at a reduced scale (a faster path that changes detections slightly),
 they are compared within the tolerance :mod:`yolov4.compare` states for it instead.
 
-**Shared machines.** A thread samples ``/proc`` (see ``bench_pipeline.LoadMonitor``) and
+**Shared machines.** A thread samples ``/proc`` (see ``benchmarks.common.LoadMonitor``) and
 records the cores used by processes outside this process tree during each job. A round is
 *quiet* when that stays under ``--quiet-cores`` for both contenders; headline figures are
 medians over quiet rounds when there are any, else over all rounds, flagged. Each round first
@@ -75,12 +75,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -93,7 +91,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_pipeline import LoadMonitor, cpu_model  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LoadMonitor,
+    another_round,
+    cpu_model,
+    json_args,
+    median,
+    shutdown_ray,
+    write_json,
+)
 
 DEFAULT_IMAGES = 288
 DEFAULT_ROUNDS = 3
@@ -287,7 +293,7 @@ def run_ours(
         model=ModelChoice(model),
         detector=DetectorOptions(input_size=input_size),
         batch_size=batch_size,
-        num_actors=actors,
+        actors=actors,
         cpus_per_actor=cpus / actors if actors else None,
         **extra,
     )
@@ -475,21 +481,6 @@ def compare_results(ours: dict[str, ImageResult], peer: dict[str, ImageResult]) 
 
 
 # --------------------------------------------------------------------------- rounds
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def another_round(args, rounds: list[dict], last_round_s: float) -> bool:
-    """``--rounds`` measured rounds, then more while fewer than ``--quiet-rounds`` were quiet,
-    up to ``--max-rounds`` and within the time budget."""
-    measured = [r for r in rounds if not r["warmup"]]
-    if len(measured) < args.rounds:
-        return True
-    if sum(r["quiet"] for r in measured) >= args.quiet_rounds or len(measured) >= args.max_rounds:
-        return False
-    return time.perf_counter() + last_round_s <= args.deadline
-
-
 def run_rounds(args, folder: Path, work: Path, monitor: LoadMonitor) -> list[dict]:
     settings = peer_settings(
         args.cpus,
@@ -724,11 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "ray": ray.__version__,
             "pandas": pandas.__version__,
-            "args": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in vars(args).items()
-                if k != "deadline"
-            },
+            "args": json_args(args, exclude=("deadline",)),
             "peer_settings": asdict(settings),
             "mean_file_kib": mean_kib,
             "rounds": rounds,
@@ -737,16 +724,14 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         monitor.stop()
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
+        shutdown_ray()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = time.perf_counter() - started
     report(results)
     print(f"\nbenchmark took {results['seconds']:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0 if comparison["verdict"] != "DIFFERENT" else 1
 
 

@@ -68,7 +68,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +81,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import (  # noqa: E402
+    YOLOV4_TINY_CFG,
+    LoadMonitor,
+    another_round,
+    cfg_at_size,
+    cpu_model,
+    json_args,
+    median,
+    rate,
+    shutdown_ray,
+    write_json,
+)
+
 TARGET_EFFICIENCY = 0.85
 PLAN_RSS_TARGET_MIB = 1024.0
 BATCH_SIZE = 8
@@ -94,27 +106,6 @@ FETCH_THREADS = 16
 
 
 # --------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    """The CPU's model name. As ``pipeline.bench``'s, which this script cannot import early:
-    it imports torch, and the planning child must start before this process loads torch."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                return value
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def rate(count: float, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("nan")
-
-
 class Probes:
     """Wraps functions (module attributes or class methods) to record each call's times.
 
@@ -151,127 +142,6 @@ class Probes:
     def first_start(self, key: str) -> float | None:
         calls = self.calls[key]
         return min(start for start, _, _ in calls) if calls else None
-
-
-class LoadMonitor:
-    """Samples ``/proc`` in a thread: CPU time of this process tree vs. every other process.
-
-    The machine may be shared, so each measurement carries the load the rest of the machine put
-    on it (``foreign_cores``: average CPU cores used by processes outside this process and its
-    descendants, which include the local Ray's processes and actors). Cumulative totals are
-    kept as a timeline, so any interval (e.g. the pipeline's dispatch window) can be queried.
-    Processes that live less than one sampling interval are missed.
-    """
-
-    def __init__(self, interval: float = 0.25) -> None:
-        self.period = interval
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.me = os.getpid()
-        self.timeline: list[tuple[float, float, float]] = []  # (t, own cpu s, foreign cpu s)
-        self._last: dict[int, tuple[int, float]] = {}  # pid -> (start time, cpu s)
-        self._own = self._foreign = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load-monitor", daemon=True)
-
-    def start(self) -> LoadMonitor:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self._sample()
-
-    def _sample(self) -> None:
-        stats: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, start, cpu s)
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            fields = text[text.rindex(b")") + 2 :].split()
-            cpu = (int(fields[11]) + int(fields[12])) / self.tick
-            stats[int(entry.name)] = (int(fields[1]), int(fields[19]), cpu)
-        now = time.perf_counter()
-        ours: dict[int, bool] = {self.me: True, 0: False, 1: False}
-
-        def is_ours(pid: int) -> bool:
-            chain = []
-            while pid not in ours:
-                chain.append(pid)
-                info = stats.get(pid)
-                pid = info[0] if info else 0
-            verdict = ours[pid]
-            for item in chain:
-                ours[item] = verdict
-            return verdict
-
-        current = {}
-        for pid, (_, start, cpu) in stats.items():
-            current[pid] = (start, cpu)
-            last = self._last.get(pid)
-            if last is None or last[0] != start:
-                if not self._last:
-                    continue  # the first sample only sets the baseline
-                last = (start, 0.0)  # new since the last sample
-            delta = cpu - last[1]
-            if is_ours(pid):
-                self._own += delta
-            else:
-                self._foreign += delta
-        self._last = current
-        self.timeline.append((now, self._own, self._foreign))
-
-    def recent_foreign_cores(self, seconds: float = 2.0) -> float:
-        """Cores used by other processes over the last ``seconds``."""
-        now = self.timeline[-1][0]
-        return self.interval(now - seconds, now)["foreign_cores"]
-
-    def wait_quiet(self, threshold: float, max_s: float, deadline: float) -> float:
-        """Sleep until other processes use under ``threshold`` cores (at most ``max_s``, and
-        not past ``deadline``); returns the seconds waited."""
-        started = time.perf_counter()
-        time.sleep(2 * self.period)
-        while self.recent_foreign_cores() >= threshold:
-            now = time.perf_counter()
-            if now - started >= max_s or now >= deadline:
-                break
-            time.sleep(0.5)
-        return time.perf_counter() - started
-
-    def wait_past(self, t: float) -> None:
-        """Return once a sample later than ``t`` exists (so ``interval`` can reach ``t``)."""
-        while self.timeline[-1][0] < t and self._thread.is_alive():
-            time.sleep(self.period / 5)
-
-    def _at(self, t: float) -> tuple[float, float]:
-        points = self.timeline
-        if t <= points[0][0]:
-            return points[0][1:]
-        for (t0, own0, f0), (t1, own1, f1) in zip(points, points[1:]):
-            if t <= t1:
-                w = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
-                return own0 + w * (own1 - own0), f0 + w * (f1 - f0)
-        return points[-1][1:]
-
-    def interval(self, t0: float, t1: float) -> dict:
-        """CPU seconds of this tree and of the rest of the machine between two instants."""
-        own0, f0 = self._at(t0)
-        own1, f1 = self._at(t1)
-        seconds = max(t1 - t0, 1e-9)
-        return {
-            "own_cpu_s": own1 - own0,
-            "foreign_cpu_s": f1 - f0,
-            "foreign_cores": (f1 - f0) / seconds,
-        }
 
 
 # --------------------------------------------------------------------------- inputs
@@ -313,13 +183,15 @@ def make_pngs(folder: Path, count: int, side: int = 32) -> list[Path]:
 
 def make_tiny_model(folder: Path, side: int = 32) -> tuple[Path, Path]:
     """A yolov4-tiny cfg at ``side`` x ``side`` and random darknet weights for it."""
-    from tests.darknet_fixtures import YOLOV4_TINY_CFG, cfg_with, write_random_darknet_weights
     from yolov4.darknet_cfg import config_from_cfg, parse_cfg
+    from yolov4.darknet_weights import save_darknet_weights
+    from yolov4.random_weights import random_darknet_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = cfg_with(YOLOV4_TINY_CFG, folder / f"yolov4-tiny-{side}.cfg", size=side)
+    cfg = cfg_at_size(YOLOV4_TINY_CFG, folder / f"yolov4-tiny-{side}.cfg", side)
     weights = folder / f"yolov4-tiny-{side}.weights"
-    write_random_darknet_weights(config_from_cfg(parse_cfg(cfg)), weights)
+    model = random_darknet_model(config_from_cfg(parse_cfg(cfg)))
+    save_darknet_weights(model.darknet_convs(), weights)
     return cfg, weights
 
 
@@ -420,26 +292,26 @@ def _actor_sums(results: list) -> dict:
 
 def run_pipeline(source: Path, output: Path, *, shard_size: int, model) -> dict:
     """``driver.run`` with probes on the driver-side steps; see the module docstring."""
-    from pipeline.run import driver
+    from pipeline.run import dispatch, driver, fleet, planning
     from pipeline.run.config import RunConfig
     from pipeline.store.ledger import Ledger, RunRecord
 
     probes = Probes()
     probes.wrap(driver, "resolve_model", "resolve_model")
-    probes.wrap(driver, "write_plan", "plan")
-    probes.wrap(driver, "_init_ray", "ray_init")
-    probes.wrap(driver._Dispatcher, "_launch", "launch")
-    probes.wrap(driver, "read_shard", "read_shard")
+    probes.wrap(planning, "write_plan", "plan")
+    probes.wrap(dispatch, "init_ray", "ray_init")
+    probes.wrap(fleet.ActorFleet, "launch", "launch")
+    probes.wrap(dispatch, "read_shard", "read_shard")
     probes.wrap(Ledger, "commit", "commit")
-    # ``_counts(result)`` is evaluated as each shard is committed: it sees every ShardResult.
-    probes.wrap(driver, "_counts", "result", keep_args=True)
+    # ``shard_counts(result)`` is evaluated as each shard is committed: it sees every ShardResult.
+    probes.wrap(dispatch, "shard_counts", "result", keep_args=True)
     config = RunConfig(
         source=str(source),
         output=str(output),
         model=model,
         shard_size=shard_size,
         batch_size=BATCH_SIZE,
-        num_actors=1,
+        actors=1,
         cpus_per_actor=ACTOR_CPUS,
         fetch_threads=FETCH_THREADS,
     )
@@ -461,7 +333,7 @@ def run_pipeline(source: Path, output: Path, *, shard_size: int, model) -> dict:
     first_dispatch = probes.first_start("read_shard")
     window = commits[-1] - first_dispatch
     images = p.images_done
-    after_first = images - results[0].num_images  # _counts runs in commit order
+    after_first = images - results[0].num_images  # shard_counts runs in commit order
     phases = {
         "resolve_model": probes.total("resolve_model"),
         "plan": probes.total("plan"),
@@ -516,15 +388,15 @@ def _quiet_count(rounds: list[dict]) -> str:
     return f"{sum(row['quiet'] for row in rounds)} of {len(rounds)} rounds"
 
 
-def another_round(args, rounds: list[dict], last_round_s: float, reserve_s: float) -> bool:
-    """``--rounds`` rounds, then more (up to ``--max-rounds``) while fewer than
-    ``--quiet-rounds`` were quiet and the time budget allows one more (keeping ``reserve_s``
-    for what follows)."""
-    if len(rounds) < args.rounds:
-        return True
-    if sum(row["quiet"] for row in rounds) >= args.quiet_rounds or len(rounds) >= args.max_rounds:
-        return False
-    return time.perf_counter() + last_round_s + reserve_s <= args.deadline
+def begin_round(args, rounds: list[dict], monitor: LoadMonitor) -> float:
+    """Say when a round is an extra one, wait for other processes to quiet down (up to
+    ``--wait-quiet``); returns the seconds waited."""
+    if len(rounds) >= args.rounds:
+        print(f"    (extra round: {_quiet_count(rounds)} quiet so far)", flush=True)
+    waited = monitor.wait_quiet(args.quiet_cores, args.wait_quiet, args.deadline)
+    if waited > 1:
+        print(f"    (waited {waited:.0f} s for other processes to quiet down)", flush=True)
+    return waited
 
 
 def section_efficiency(args, work: Path, monitor: LoadMonitor) -> dict:
@@ -551,11 +423,7 @@ def section_efficiency(args, work: Path, monitor: LoadMonitor) -> dict:
     last_round_s = 0.0
     while another_round(args, rounds, last_round_s, reserve):
         r = len(rounds)
-        if r >= args.rounds:
-            print(f"    (extra round: {_quiet_count(rounds)} quiet so far)", flush=True)
-        waited = monitor.wait_quiet(args.quiet_cores, args.wait_quiet, args.deadline)
-        if waited > 1:
-            print(f"    (waited {waited:.0f} s for other processes to quiet down)", flush=True)
+        waited = begin_round(args, rounds, monitor)
         round_started = time.perf_counter()
         order = contenders[r % 3 :] + contenders[: r % 3]
         row: dict = {"order": order, "waited_s": waited}
@@ -669,11 +537,7 @@ def section_overhead(args, work: Path, monitor: LoadMonitor) -> dict:
     last_round_s = 0.0
     while another_round(args, rounds, last_round_s, 0.0):
         r = len(rounds)
-        if r >= args.rounds:
-            print(f"    (extra round: {_quiet_count(rounds)} quiet so far)", flush=True)
-        waited = monitor.wait_quiet(args.quiet_cores, args.wait_quiet, args.deadline)
-        if waited > 1:
-            print(f"    (waited {waited:.0f} s for other processes to quiet down)", flush=True)
+        waited = begin_round(args, rounds, monitor)
         round_started = time.perf_counter()
         order = ["processor", "pipeline"] if r % 2 == 0 else ["pipeline", "processor"]
         row: dict = {"order": order, "waited_s": waited}
@@ -1153,11 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "args": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("plan_child", "deadline")
-        },
+        "args": json_args(args, exclude=("plan_child", "deadline")),
     }
     monitor = LoadMonitor().start()
     try:
@@ -1172,16 +1032,14 @@ def main(argv: list[str] | None = None) -> int:
             results["overhead"] = section_overhead(args, work, monitor)
     finally:
         monitor.stop()
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
+        shutdown_ray()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = time.perf_counter() - started
     results["table"] = report(results)
     print(f"\nbenchmark took {results['seconds']:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-        print(f"wrote {args.json}")
+        write_json(args.json, results)
     return 0
 
 

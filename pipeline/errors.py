@@ -1,6 +1,16 @@
-"""Errors of the pipeline that stop a run before or during its work."""
+"""Errors of the pipeline that stop a run before or during its work, and the exit codes of
+the ``yolo-batch`` command that report how a run ended."""
 
 from __future__ import annotations
+
+#: The command did what was asked.
+EXIT_OK = 0
+#: A usage or input error: the message says what to change.
+EXIT_USAGE = 1
+#: The run finished, but some shards failed every attempt; ``--resume`` retries only those.
+EXIT_FAILED_SHARDS = 2
+#: Interrupted (Ctrl-C): in-flight shards stay uncommitted and the run is resumable.
+EXIT_INTERRUPTED = 130
 
 
 class RunError(Exception):

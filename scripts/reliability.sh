@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the reliability tests and regenerate the README's Reliability table from their outcomes.
+# Run the reliability tests and regenerate the table of docs/reliability.md from their outcomes.
 #   bash scripts/reliability.sh          the normal-suite versions (minutes)
 #   bash scripts/reliability.sh --long   also the long randomised versions (opt-in marker)
 set -euo pipefail
@@ -13,4 +13,4 @@ if [ "${1:-}" = "--long" ]; then
     MARK="long or not long"
 fi
 .venv/bin/python -m pytest -q -m "$MARK" "${TESTS[@]}"
-.venv/bin/python scripts/reliability_table.py "$RESULTS" README.md
+.venv/bin/python scripts/reliability_table.py "$RESULTS" docs/reliability.md

@@ -1,9 +1,10 @@
-"""Render the reliability tests' outcomes into the README's ``Reliability`` table.
+"""Render the reliability tests' outcomes into the table of ``docs/reliability.md``.
 
-Usage: ``python scripts/reliability_table.py RESULTS_JSON [README]``. ``RESULTS_JSON`` is the
+Usage: ``python scripts/reliability_table.py RESULTS_JSON [PAGE]``. ``RESULTS_JSON`` is the
 file the tests fill when ``YOLO_BATCH_RELIABILITY_OUT`` names it (``scripts/reliability.sh``
-does both steps). The table replaces what stands between the README's ``reliability:begin``
-and ``reliability:end`` markers; nothing else in the README changes.
+does both steps). ``PAGE`` defaults to :data:`TARGET`, ``docs/reliability.md``. The table
+replaces what stands between the page's ``reliability:begin`` and ``reliability:end`` markers;
+nothing else in the page changes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+#: The page whose table this script rewrites (``tests/test_docs.py`` checks it has the markers).
+TARGET = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 BEGIN = "<!-- reliability:begin -->"
 END = "<!-- reliability:end -->"
 HEADER = (
@@ -38,13 +41,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text()
+def update_page(page: Path, table: str) -> None:
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} section to fill")
+        raise SystemExit(f"{page} has no {BEGIN} ... {END} section to fill")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    page.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def main(argv: list[str]) -> int:
@@ -52,9 +55,9 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 1
     entries = json.loads(Path(argv[0]).read_text())
-    readme = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[1] / "README.md"
-    update_readme(readme, render(entries))
-    print(f"{readme}: {len(entries)} reliability outcomes")
+    page = Path(argv[1]) if len(argv) > 1 else TARGET
+    update_page(page, render(entries))
+    print(f"{page}: {len(entries)} reliability outcomes")
     return 0
 
 

@@ -68,7 +68,7 @@ class Hostile:
     """One corpus file and what the run must report for it.
 
     ``name``: path relative to the corpus root (an S3 key suffix, or a local relative path).
-    ``case``: the input class it belongs to (a row of the README's reliability table).
+    ``case``: the input class it belongs to (a row of the reliability table in docs/reliability.md).
     ``error``: expected start of ``images.error``; ``None`` means status ``ok``.
     ``size``: expected ``(width, height)`` of an ok row, in display orientation.
     ``same_as``: index of the sample photo whose pixels this file decodes to exactly, so the

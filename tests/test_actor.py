@@ -29,6 +29,7 @@ from pipeline.store.storage import S3Storage
 from pipeline.worker import ActorConfig, ModelTurns, ShardProcessor, ShardResult, ShardTask
 from pipeline.worker.model_spec import resolve_model
 from pipeline.worker.remote import DetectorActor
+from pipeline.worker.shard_output import ShardState
 from yolov4.hub import CACHE_ENV_VAR
 
 try:
@@ -325,26 +326,27 @@ def test_relative_output_root_is_refused(processor):
         processor.process(make_task("relative/out", []))
 
 
-def test_lookahead_bounds_the_objects_in_flight(model, sample_images, tmp_path):
+def test_lookahead_bounds_the_objects_in_flight(model, sample_images, tmp_path, monkeypatch):
     """No object is fetched more than ``lookahead`` places ahead of the last one consumed."""
     spec, weights = model
     config = ActorConfig(batch_size=2, fetch_threads=4, decode_threads=2, lookahead=3)
     uris = [str(sample_images[1]) if i % 8 == 0 else str(tmp_path / f"x{i}") for i in range(24)]
     with ShardProcessor(spec, weights, config) as proc:
         consumed, started, lock = [], [], threading.Lock()
-        fetch, record = proc._fetch, proc._record
+        fetch, record = proc._loader.fetcher.fetch, ShardState.record
 
         def counting_fetch(row, obj, cancel):
             with lock:
                 started.append((row, len(consumed)))
             return fetch(row, obj, cancel)
 
-        def counting_record(state, obj, loaded):
+        def counting_record(state, loaded, uri):
             with lock:
                 consumed.append(loaded.row)
-            return record(state, obj, loaded)
+            return record(state, loaded, uri)
 
-        proc._fetch, proc._record = counting_fetch, counting_record
+        proc._loader.fetcher.fetch = counting_fetch
+        monkeypatch.setattr(ShardState, "record", counting_record)
         result = proc.process(make_task(tmp_path / "out", uris))
     assert result.num_images == 24 and result.num_ok == 3
     assert consumed == list(range(24))
@@ -394,7 +396,7 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
         busy = threading.Lock()
         second_on_model = threading.Event()
         current = threading.local()  # a shard's batches run in the thread that called process
-        detect, write = proc._detect, proc._write
+        detect, write = proc._batches.detect, proc._writer.write
 
         def exclusive_detect(state, staging):
             assert busy.acquire(blocking=False), "two batches on the model at once"
@@ -406,10 +408,10 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
             finally:
                 busy.release()
 
-        def slow_first_write(task, state, objects):
+        def slow_first_write(task, state):
             if task.shard_id == 0:  # the model must move on to shard 1 while this writes
                 assert second_on_model.wait(OVERLAP_TIMEOUT_S), "shard 1 waited for the write"
-            return write(task, state, objects)
+            return write(task, state)
 
         def process(shard_id: int) -> ShardResult:
             current.shard_id = shard_id
@@ -424,7 +426,7 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
             took_ticket[current.shard_id].set()
             return ticket
 
-        proc._detect, proc._write = exclusive_detect, slow_first_write
+        proc._batches.detect, proc._writer.write = exclusive_detect, slow_first_write
         proc._turns.take = signalling_take
         with ThreadPoolExecutor(3) as pool:
             futures = []
@@ -450,7 +452,7 @@ def test_the_next_batch_is_staged_while_the_model_runs_one(model, sample_images,
     spec, weights = model
     uris = [str(sample_images[i % 2]) for i in range(5)]
     with ShardProcessor(spec, weights, ActorConfig(batch_size=1, fetch_threads=2)) as proc:
-        stage, detect = proc._stage, proc._detect
+        stage, detect = proc._batches.stage, proc._batches.detect
         stage_started = [threading.Event() for _ in uris]
         staged, model_calls = [], []
 
@@ -466,7 +468,7 @@ def test_the_next_batch_is_staged_while_the_model_runs_one(model, sample_images,
             model_calls.append(following - 1)
             return detect(state, staging)
 
-        proc._stage, proc._detect = recording_stage, waiting_detect
+        proc._batches.stage, proc._batches.detect = recording_stage, waiting_detect
         result = proc.process(make_task(tmp_path, uris))
     assert staged == [[row] for row in range(len(uris))]
     assert model_calls == list(range(len(uris)))

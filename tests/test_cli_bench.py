@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import bench
-from pipeline.cli import bench_cmd
+from pipeline.bench import command as bench_command
+from pipeline.bench.end_to_end import MIN_TIMED_SHARDS, effective_shard_size
+from pipeline.bench.models import RANDOM_CANDIDATES_PER_IMAGE
+from pipeline.bench.runner import SCHEMA
+from pipeline.bench.timing import MIN_TIMED_CALLS
 from pipeline.cli import main as cli_main
 from yolov4.config import DEFAULT_CONFIGS
 from yolov4.flops import model_flops
@@ -76,7 +79,7 @@ def test_cli_prints_every_table(full_run):
 
 def test_json_has_every_figure_and_parameter(full_run):
     _, _, report = full_run
-    assert report["schema"] == bench.SCHEMA
+    assert report["schema"] == SCHEMA
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["device_name"] and machine["torch"]
     parameters = report["parameters"]
@@ -101,13 +104,13 @@ def test_json_has_every_figure_and_parameter(full_run):
     for row in report["model_only"]:
         for name in ("images_per_s", "ms_per_batch", "tflops", "seconds"):
             assert row[name] > 0, name
-        assert row["calls"] >= bench.MIN_TIMED_CALLS
+        assert row["calls"] >= MIN_TIMED_CALLS
     for row in report["e2e"]:
         assert row["decode"] == "cpu" and row["errors"] == 0
         assert row["shard_size"] % row["batch_size"] == 0
         for name in ("images_per_s", "seconds", "model_seconds", "model_busy_fraction"):
             assert row[name] > 0, name
-        assert row["shards"] >= bench.MIN_TIMED_SHARDS
+        assert row["shards"] >= MIN_TIMED_SHARDS
     for row in [*report["decode"].values(), *report["model_only"], *report["e2e"]]:
         assert row["other_cores"] is None or row["other_cores"] >= 0
     assert "check" not in report  # fp32 only: nothing to compare
@@ -140,7 +143,7 @@ def test_random_weights_for_yolov4_at_a_small_size(cache, sample_images, tmp_pat
         *SMALL, "--model", "yolov4", "--random-weights", "--size", "64", "--only", "model",
         "--batch-size", "1", "--seconds", "0.1", "--json", str(path),
     ]  # fmt: skip
-    code, out, err = run_cli(argv, cache, entry=bench_cmd.main)
+    code, out, err = run_cli(argv, cache, entry=bench_command.main)
     assert code == 0, err
     assert "yolov4 at 64x64" in out and "random weights" in out
     report = json.loads(path.read_text())
@@ -148,7 +151,7 @@ def test_random_weights_for_yolov4_at_a_small_size(cache, sample_images, tmp_pat
     (row,) = report["model_only"]
     assert row["images_per_s"] > 0
     # Objectness biased so that a realistic handful of boxes pass, not thousands.
-    assert row["detections_per_image"] < 10 * bench.RANDOM_CANDIDATES_PER_IMAGE
+    assert row["detections_per_image"] < 10 * RANDOM_CANDIDATES_PER_IMAGE
     assert "decode" not in report and "e2e" not in report
 
 
@@ -203,9 +206,9 @@ def test_flops_scale_with_the_input_area():
 
 
 def test_effective_shard_size_is_whole_batches():
-    assert bench.effective_shard_size(64, 8) == 64
-    assert bench.effective_shard_size(64, 48) == 96
-    assert bench.effective_shard_size(4, 16) == 32
+    assert effective_shard_size(64, 8) == 64
+    assert effective_shard_size(64, 48) == 96
+    assert effective_shard_size(4, 16) == 32
 
 
 def test_bench_module_does_not_import_ray():

@@ -4,6 +4,8 @@
   detections within ``DRAFT_TOLERANCE`` in full-image pixels, and not identical (the reduced
   decode did run).
 - ``gpu`` where no CUDA device is: refused with a message naming the alternatives.
+- the ``gpu`` path (JPEGs decoded with their batch in the stage thread, nvJPEG failures on the
+  host) with nvJPEG stood in for by Pillow: the rows and detections of ``cpu`` decoding.
 - :func:`yolov4.gpu_jpeg.gpu_decodable`, which decides from a header alone which files go to
   nvJPEG: complete YCbCr or grey JPEGs within the pixel limit; never truncated, CMYK or
   non-JPEG files (the CPU decoder, which reports their errors, keeps those).
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.worker import ActorConfig, ShardProcessor, resolve_decode_mode
+from pipeline.worker import decode as worker_decode
 from pipeline.worker.decode_modes import DECODE_CPU, DECODE_DRAFT, DECODE_GPU
 from pipeline.worker.model_spec import resolve_model
 from tests.test_actor import make_task
@@ -29,6 +33,7 @@ from yolov4.compare import DRAFT_TOLERANCE, max_differences, mismatches
 from yolov4.detector import Detection
 from yolov4.gpu_jpeg import gpu_decodable
 from yolov4.hub import CACHE_ENV_VAR
+from yolov4.imageio import decode_image
 
 #: Upscaling of the sample photos to camera sizes (bus 2430x3240, zidane 3840x2160), so that
 #: half-scale decoding still covers 1.5x the 416 input.
@@ -98,6 +103,35 @@ def test_gpu_decoding_without_cuda_is_refused_naming_the_alternatives():
     with pytest.raises(ValueError, match=r"decode 'gpu' needs a CUDA device.*'draft' or 'cpu'"):
         resolve_decode_mode(DECODE_GPU, "cpu")
     assert resolve_decode_mode("auto", "cpu") == DECODE_CPU
+
+
+def test_gpu_decoding_path_writes_the_rows_of_cpu_decoding(
+    model, sample_images, monkeypatch, tmp_path
+):
+    """The ``gpu`` path on CPU, nvJPEG stood in for by Pillow: JPEGs skip the decode threads and
+    are decoded with their batch in the stage thread, every other one failing as nvJPEG may
+    (the host decodes those); a PNG and a missing file go the host's way. Rows and detections
+    equal those of ``cpu`` decoding."""
+    png = tmp_path / "bus.png"
+    Image.open(sample_images[0]).save(png, "PNG")
+    paths = [*sample_images, png, tmp_path / "missing.jpg", *reversed(sample_images)]
+    batches: list[int] = []
+
+    def pillow_decode_jpegs(files, device):
+        batches.append(len(files))
+        return [
+            None if i % 2 else torch.from_numpy(decode_image(f.numpy().tobytes())).permute(2, 0, 1)
+            for i, f in enumerate(files)
+        ]
+
+    monkeypatch.setattr(worker_decode, "gpu_jpeg_available", lambda device: True)
+    monkeypatch.setattr(worker_decode, "decode_jpegs", pillow_decode_jpegs)
+    cpu_rows, cpu = run_shard(model, DECODE_CPU, paths, tmp_path / "cpu")
+    gpu_rows, gpu = run_shard(model, DECODE_GPU, paths, tmp_path / "gpu")
+    assert sum(batches) == len(sample_images) * 2  # the JPEGs, none of the others
+    assert gpu_rows == cpu_rows
+    assert [r["status"] for r in gpu_rows].count("error") == 1
+    assert gpu == cpu and all(gpu[:3])
 
 
 def jpeg(image: Image.Image, **kwargs) -> bytes:

@@ -784,3 +784,19 @@ def test_batch_prepared_in_the_models_memory_format(photos, mode):
     assert torch.equal(batch, plain) and plain.std() > 0.1
     assert torch.equal(transforms.scale, plain_transforms.scale)
     assert torch.equal(transforms.offset, plain_transforms.offset)
+
+
+def test_a_cfg_given_as_text_builds_the_detector_its_file_builds(tiny_weights_path):
+    from_file = Detector.from_darknet(YOLOV4_TINY_CFG, tiny_weights_path, COCO_NAMES)
+    from_text = Detector.from_darknet_text(
+        Path(YOLOV4_TINY_CFG).read_text(), tiny_weights_path, COCO_NAMES, name="custom"
+    )
+    assert from_file.name == Path(YOLOV4_TINY_CFG).stem and from_text.name == "custom"
+    assert from_text.class_names == from_file.class_names
+    for (key, a), (_, b) in zip(
+        from_file.model.state_dict().items(), from_text.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), key
+    # A path is never read as cfg text, and text is never opened as a path.
+    with pytest.raises(FileNotFoundError):
+        parse_cfg("[net]\nwidth=416\n")

@@ -33,7 +33,7 @@ from pycocotools.coco import COCO
 
 from pipeline.results.query import query
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
-from pipeline.store.ledger import Ledger, RunRecord, new_attempt_token, new_run_id
+from pipeline.store.ledger import Ledger, RunRecord, ShardCounts, new_attempt_token, new_run_id
 from pipeline.store.storage import LocalStorage
 from pipeline.worker.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
 from tests.test_pipeline_e2e import (
@@ -469,7 +469,7 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
             shard_id=shard_id,
         )
         write_parquet(storage, layout.data_file(IMAGES_TABLE, run_id, shard_id, token), table)
-        ledger.commit(run_id, shard_id, token, {"images": n})
+        ledger.commit(run_id, shard_id, token, ShardCounts(images=n))
 
 
 #: Runs in a fresh interpreter: peak RSS (ru_maxrss) after exporting a tiny warm-up output

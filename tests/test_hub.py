@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -26,11 +27,13 @@ from yolov4.hub import (
     UrlSource,
     WheelSource,
     cache_dir,
+    check_sha256,
     fetch,
     local_path,
     verify,
 )
 from yolov4.pretrained import SAMPLE_IMAGES
+from yolov4.retry import backoff_s, jittered_backoff_s
 
 FILE_SIZE = 3 * CHUNK_SIZE + 12345  # several chunks and a partial one
 FILENAME = "model.weights"
@@ -99,9 +102,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    httpd = FileServer()
+@contextlib.contextmanager
+def serving(httpd: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    """``httpd`` serving from a thread of its own until the block ends, then closed."""
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -110,6 +113,12 @@ def server() -> Iterator[FileServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    with serving(FileServer()) as httpd:
+        yield httpd
 
 
 @pytest.fixture
@@ -552,3 +561,17 @@ def test_wheel_source_parses_requirement() -> None:
 def test_errors_are_yolo_errors() -> None:
     assert issubclass(WeightsIntegrityError, YoloError)
     assert issubclass(WeightsUnavailableError, YoloError)
+
+
+def test_check_sha256_accepts_the_bytes_and_names_the_difference() -> None:
+    data = b"weights"
+    check_sha256(data, hashlib.sha256(data).hexdigest(), "the weights")
+    with pytest.raises(WeightsIntegrityError, match="^the weights hash to [0-9a-f]{64}, not 0{64}"):
+        check_sha256(data, "0" * 64, "the weights")
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
+    assert [backoff_s(attempt, 1.0, 5.0) for attempt in (0, 1, 2, 3, 4)] == [1, 1, 2, 4, 5]
+    assert backoff_s(6, 0.5) == 16.0  # no cap given
+    draws = [jittered_backoff_s(3, 1.0, 3.0) for _ in range(200)]
+    assert all(0.0 <= d <= 3.0 for d in draws) and len(set(draws)) > 1

@@ -1,4 +1,5 @@
-"""Every Kubernetes manifest under infra/k8s validates against the Kubernetes schemas
+"""Every Kubernetes manifest under infra/k8s, and the scheduled-job templates of `yolo-batch jobs
+render` (package data in pipeline/cli/templates), validates against the Kubernetes schemas
 (kubernetes-validate, strict) or KubeRay's CRD schema (infra/k8s/schemas, with jsonschema), and
 the cluster specs keep their promises: CPU-only head, autoscaling GPU workers, ClusterIP
 dashboard, token authentication, no inline credentials, a valid `yolo-batch run` entrypoint."""
@@ -17,10 +18,12 @@ import pytest
 import referencing
 import yaml
 
-from pipeline.cli import build_parser
+from pipeline.cli import build_parser, jobs_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "infra" / "k8s"
+#: The RayCronJob and CronJob templates `yolo-batch jobs render` fills: package data, one copy.
+TEMPLATES = REPO / "pipeline" / "cli" / "templates"
 KUBERAY_SCHEMA = K8S / "schemas" / "kuberay-v1.6.json"
 #: Oldest and newest Kubernetes minor versions the manifests must be valid for.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
@@ -31,7 +34,7 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
 def manifests() -> list[tuple[str, dict]]:
     """(file, document) for every YAML document, plus RayJobs embedded in ConfigMaps."""
     out = []
-    for path in sorted(K8S.rglob("*.yaml")):
+    for path in [*sorted(K8S.rglob("*.yaml")), *sorted(TEMPLATES.glob("*.yaml"))]:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:
                 continue
@@ -94,6 +97,17 @@ def validate(doc: dict) -> None:
 @pytest.mark.parametrize("name,doc", manifests(), ids=_ids)
 def test_manifest_validates(name: str, doc: dict):
     validate(doc)
+
+
+def test_the_templates_render_reads_are_the_ones_validated_here():
+    """`yolo-batch jobs render` reads the templates these tests validate, and no other copy."""
+    assert Path(str(jobs_cmd.TEMPLATES_DIR)).resolve() == TEMPLATES.resolve()
+    names = {n for n, _ in manifests()}
+    for template in (jobs_cmd.RAYCRONJOB_TEMPLATE, jobs_cmd.CRONJOB_TEMPLATE):
+        assert str((TEMPLATES / template).relative_to(REPO)) in names, template
+    for kind in ("RayCronJob", "CronJob"):
+        ((name, _),) = by_kind(kind)
+        assert name.startswith(str(TEMPLATES.relative_to(REPO))), name
 
 
 def test_every_kind_is_expected():

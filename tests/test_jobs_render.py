@@ -82,7 +82,7 @@ def test_raycronjob_runs_the_spec_on_its_schedule_and_time_zone(cli, cache, tmp_
     cluster = job["rayClusterSpec"]
     (group,) = cluster["workerGroupSpecs"]
     assert group["template"]["spec"]["containers"][0]["image"] == WORKER_IMAGE
-    assert group["maxReplicas"] == spec.resources.actors  # one GPU per worker and per actor
+    assert group["maxReplicas"] == spec.run_config().actors  # one GPU per worker and actor
     accounts = {cluster["headGroupSpec"]["template"]["spec"]["serviceAccountName"]}
     accounts.add(group["template"]["spec"]["serviceAccountName"])
     assert accounts == {"labeller"}

@@ -65,7 +65,7 @@ def test_there_is_one_example_per_use_and_each_validates(cli, cache):
     assert oneoff.schedule is None and not oneoff.source.startswith("s3://")
     config = nightly.run_config()
     assert (config.job_name, config.incremental) == (nightly.name, True)
-    assert config.num_actors == 4 and config.gpus_per_actor == 1 and config.batch_size == 16
+    assert config.actors == 4 and config.gpus_per_actor == 1 and config.batch_size == 16
     assert config.detector.classes and "person" in config.detector.classes
 
 
@@ -221,7 +221,7 @@ def test_options_given_override_the_spec_and_absent_ones_do_not(tmp_path):
     assert (config.model.name, config.model.cfg) == (None, "c.cfg")
     # The rest is the spec's, not the parser's defaults.
     assert config.detector.nms_threshold == 0.3 and config.detector.max_detections == 50
-    assert (config.num_actors, config.shard_size, config.s3.region) == (3, 7, "eu-west-1")
+    assert (config.actors, config.shard_size, config.s3.region) == (3, 7, "eu-west-1")
     assert config.source == "s3://in/photos/" and config.job_name == "test-job"
     # Plain runs are unchanged: the built-in defaults, not incremental unless asked.
     plain = parse_run("--source", "a", "--output", "b")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from tests.darknet_fixtures import YOLOV4_CFG, cfg_with, write_random_darknet_weights
+from tests.test_hub import serving
 from yolov4.darknet_cfg import config_from_cfg, parse_cfg
 from yolov4.decode import decode_outputs
 from yolov4.detector import Detector
@@ -85,14 +85,8 @@ def server(random_yolov4) -> Iterator[FileServer]:
         "/corrupt/yolov4.weights": bytes(corrupt),
         "/short/yolov4.weights": data[: len(data) // 3],
     }
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(httpd):
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def entry_served_at(url: str, data: bytes) -> PretrainedModel:

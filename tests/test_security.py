@@ -155,10 +155,10 @@ def test_credentials_never_reach_any_artefact(
 _RAY_PROBE = r"""
 import json, os, subprocess, sys
 from pipeline.run.config import RunConfig
-from pipeline.run.driver import _init_ray
+from pipeline.run.ray_cluster import init_ray
 import ray
 
-_init_ray(RunConfig(source="unused", output="unused"))
+init_ray(RunConfig(source="unused", output="unused"))
 from ray._raylet import AuthenticationMode, get_authentication_mode
 node = ray._private.worker._global_node
 address = ray.get_runtime_context().gcs_address

@@ -83,12 +83,14 @@ class CfgSection:
             ) from None
 
 
-def parse_cfg(source: str | os.PathLike) -> list[CfgSection]:
-    """Parse a cfg file (a path, or the cfg text itself if it contains a newline)."""
-    if isinstance(source, str) and "\n" in source:
-        text = source
-    else:
-        text = Path(source).read_text(encoding="utf-8", errors="replace")
+def parse_cfg(path: str | os.PathLike) -> list[CfgSection]:
+    """Parse the darknet cfg file at ``path`` (see :func:`parse_cfg_text`)."""
+    return parse_cfg_text(Path(path).read_text(encoding="utf-8", errors="replace"))
+
+
+def parse_cfg_text(text: str) -> list[CfgSection]:
+    """Parse a darknet cfg's text into its sections, in order; the first must be ``[net]``.
+    Raises :class:`DarknetFormatError` naming the line of anything malformed."""
     sections: list[CfgSection] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].split(";", 1)[0].strip()

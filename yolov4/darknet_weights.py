@@ -132,7 +132,21 @@ def save_darknet_weights(
     version: tuple[int, int, int] = DEFAULT_VERSION,
     seen: int = 0,
 ) -> None:
-    """Write ``convs`` (cfg order, not fused) as a darknet ``.weights`` file."""
+    """Write ``convs`` (cfg order, not fused) as a darknet ``.weights`` file at ``path``
+    (through a temporary file, so that ``path`` is never left half written)."""
+    data = darknet_weights_bytes(convs, version=version, seen=seen)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def darknet_weights_bytes(
+    convs: list[DarknetConv],
+    *,
+    version: tuple[int, int, int] = DEFAULT_VERSION,
+    seen: int = 0,
+) -> bytes:
+    """``convs`` (cfg order, not fused, on any device) as the bytes of a ``.weights`` file."""
     if any(conv.is_fused for conv in convs):
         raise DarknetFormatError("cannot write darknet weights from a model with fused batch norm")
     major, minor, revision = version
@@ -142,6 +156,4 @@ def save_darknet_weights(
     for conv in convs:
         for tensor in _layer_tensors(conv):
             chunks.append(tensor.detach().to("cpu", torch.float32).numpy().astype("<f4").tobytes())
-    tmp = Path(f"{path}.tmp")
-    tmp.write_bytes(b"".join(chunks))
-    os.replace(tmp, path)
+    return b"".join(chunks)

@@ -15,7 +15,6 @@ orientation, clipped to it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -25,11 +24,11 @@ from pathlib import Path
 import torch
 
 from yolov4.config import DEFAULT_CONFIGS, ModelConfig, check_input_size
-from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg, read_names
+from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg_text, read_names
 from yolov4.darknet_weights import load_darknet_weights
 from yolov4.decode import RawPredictions, decode_outputs
-from yolov4.errors import WeightsIntegrityError, YoloError
-from yolov4.hub import fetch
+from yolov4.errors import YoloError
+from yolov4.hub import check_sha256, fetch
 from yolov4.imageio import DEFAULT_MAX_IMAGE_PIXELS, load_images
 from yolov4.layers import DarknetConv, Mish
 from yolov4.model import build_model
@@ -57,7 +56,8 @@ DEFAULT_BATCH_SIZE = 8
 #: On CPU, the default ``micro_batch`` packs at most this many input pixels into one model call
 #: (2 images at 416x416, 1 at 608x608). Larger calls make each activation map a fresh
 #: allocation of tens of MB, which glibc's malloc returns to the OS after use and page-faults
-#: in again on the next call; smaller ones reuse memory (~1.15x for YOLOv4-tiny at batch 8).
+#: in again on the next call; smaller ones reuse memory that is already mapped, which is faster
+#: on CPU (docs/performance.md has the measured gain).
 CPU_MICRO_BATCH_PIXELS = 2 * 416 * 416
 
 
@@ -102,8 +102,8 @@ class Detector:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the dtype of the weights and
             activations (the whole model is cast, no autocast; decode and NMS stay float32).
-            On CPU, bf16 is about twice as fast as fp32 where oneDNN has native bf16 kernels
-            (AVX512-BF16 or AMX; :func:`fast_on_cpu`); fp16 runs there for checking numerics.
+            On CPU, bf16 is faster than fp32 where oneDNN has native bf16 kernels (AVX512-BF16
+            or AMX; :func:`fast_on_cpu`); fp16 runs there for checking numerics.
         resize: ``"darknet"`` (default; ``"letterbox"`` if the cfg says ``letter_box=1``),
             ``"bilinear"`` or ``"letterbox"``; see :mod:`yolov4.preprocess`.
         input_size: network input ``(width, height)`` or one int; defaults to the cfg's.
@@ -114,23 +114,23 @@ class Detector:
         fuse: fold batch norm into the convolutions (same outputs, faster). Either way the
             model is for inference only from then on: its activations run in place.
         channels_last: run the model in channels-last (NHWC) memory format. ``None`` (default):
-            on; oneDNN's NHWC convolution and pooling kernels are faster on CPU (about 1.2x for
-            YOLOv4-tiny at batch 8, 2 cores) and cuDNN's tensor-core kernels take NHWC. Outputs
-            equal up to float rounding (~1e-5: a different summation order).
+            on; oneDNN's NHWC convolution and pooling kernels are faster on CPU and cuDNN's
+            tensor-core kernels take NHWC. Outputs equal up to float rounding (a different
+            summation order).
         micro_batch: at most this many images per model call; larger batches are run in
             slices and the outputs concatenated (same results per image). ``None`` (default):
             on CPU as many as fit in ``CPU_MICRO_BATCH_PIXELS``, elsewhere the whole batch.
         compile: run the model through ``torch.compile`` (Inductor, static shapes, weights
-            frozen as constants), after a compilation of 5–20 s on the first call of each
-            batch size (:meth:`warm_up` does it ahead). On CPU 1.01–1.02x the eager model with
-            ``prepack`` (``benchmarks/bench_compile.py``); for GPUs, where it fuses the Mish
-            activations.
+            frozen as constants), after a compilation on the first call of each batch size
+            (:meth:`warm_up` does it ahead). On CPU it adds little to the eager model with
+            ``prepack``, which already packs the weights; it is meant for GPUs, where it fuses
+            the Mish activations (docs/performance.md has the measured figures).
             Calls smaller than the largest batch seen are padded up to it, so a stream of
             batches compiles once.
         prepack: on CPU, lay each convolution's weight out for oneDNN once, here, instead of
-            on every call, and run leaky ReLU inside the convolution (about 1.06x forward
-            passes for yolov4-tiny, outputs equal up to float rounding; checked here on a
-            small random image, the plain path kept if they are not; :mod:`yolov4.onednn`).
+            on every call, and run leaky ReLU inside the convolution (faster forward passes,
+            outputs equal up to float rounding; checked here on a small random image, the
+            plain path kept if they are not; :mod:`yolov4.onednn`).
             Applies where available: fp32 or native bf16, folded batch norm, not compiled
             (compiling packs the weights itself). Costs a second copy of the weights in memory.
         name: a label for logs and result records.
@@ -238,12 +238,27 @@ class Detector:
         names: str | os.PathLike | Sequence[str] | None = None,
         **kwargs,
     ) -> Detector:
-        """Build from a darknet cfg, ``.weights`` and optional ``.names`` file.
+        """Build from a darknet cfg file, ``.weights`` and optional ``.names`` file.
 
         The cfg is checked layer by layer against the architecture it describes before any
         weight is read; the weights must fill the model exactly.
         """
-        sections = parse_cfg(cfg)
+        kwargs.setdefault("name", Path(cfg).stem)
+        return cls.from_darknet_text(
+            Path(cfg).read_text(encoding="utf-8", errors="replace"), weights, names, **kwargs
+        )
+
+    @classmethod
+    def from_darknet_text(
+        cls,
+        cfg_text: str,
+        weights: str | os.PathLike | bytes,
+        names: str | os.PathLike | Sequence[str] | None = None,
+        **kwargs,
+    ) -> Detector:
+        """As :meth:`from_darknet`, with the cfg given as its text (e.g. read from object
+        storage) rather than as a file."""
+        sections = parse_cfg_text(cfg_text)
         class_names = (
             tuple(names)
             if isinstance(names, (list, tuple))
@@ -255,7 +270,6 @@ class Detector:
         check_conv_specs(sections, [conv.spec for conv in convs], config.arch)
         model_name = f"{config.arch} ({config.num_classes} classes)"
         load_darknet_weights(convs, weights, model_name=model_name)
-        kwargs.setdefault("name", Path(str(cfg)).stem if not str(cfg).count("\n") else None)
         kwargs.setdefault("class_names", class_names or None)
         return cls(model, **kwargs)
 
@@ -280,12 +294,7 @@ class Detector:
         if weights is None:
             weights = fetch(entry.weights, cache=cache)
         else:
-            digest = hashlib.sha256(weights).hexdigest()
-            if digest != entry.weights.sha256:
-                raise WeightsIntegrityError(
-                    f"the weights given for {entry.name} have sha256 {digest}, expected "
-                    f"{entry.weights.sha256}; they are not the registered file"
-                )
+            check_sha256(weights, entry.weights.sha256, f"the weights given for {entry.name}")
         base = DEFAULT_CONFIGS[entry.arch]
         config = ModelConfig(
             arch=base.arch,
@@ -471,9 +480,9 @@ class Detector:
         if count < self._compiled_batch:
             padding = batch.new_zeros((self._compiled_batch - count, *batch.shape[1:]))
             batch = torch.cat([batch, padding]).contiguous(memory_format=self._memory_format)
-        # Frozen weights: constants to Inductor, pre-packed once for oneDNN (about +10 % on
-        # CPU; without it each call re-lays out every convolution's weights).
-        from torch._inductor import config as inductor_config  # 1.3 s to import: on demand
+        # Frozen weights: constants to Inductor, pre-packed once for oneDNN (without it, on CPU,
+        # each call re-lays out every convolution's weights).
+        from torch._inductor import config as inductor_config  # slow to import: on demand
 
         with inductor_config.patch(freezing=True):
             heads = self._compiled_model(batch)
@@ -503,8 +512,8 @@ class Detector:
 
 def fast_on_cpu(precision: str) -> bool:
     """Whether ``precision`` runs at least as fast as fp32 on this CPU: fp32 itself, and bf16
-    where oneDNN has native bf16 kernels (AVX512-BF16 or AMX: about 2x fp32 for YOLOv4-tiny
-    measured on a Zen 4 core). fp16 convolutions have no fast CPU kernels in PyTorch."""
+    where oneDNN has native bf16 kernels (AVX512-BF16 or AMX; docs/performance.md has the
+    measured gain). fp16 convolutions have no fast CPU kernels in PyTorch."""
     if precision == "fp32":
         return True
     if precision == "bf16":

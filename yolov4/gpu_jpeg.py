@@ -8,9 +8,9 @@ within the pixel limit, and complete (nvJPEG fills a truncated file's missing ro
 where Pillow raises, so a file not ending in an EOI marker stays on the CPU, which reports it).
 
 GPU results are ``[3, H, W]`` uint8 RGB on the device, in display orientation (EXIF applied by
-torchvision as by Pillow). nvJPEG's IDCT is not libjpeg's: pixels differ by a few levels (mean
-absolute difference about 0.3 on a 1280x720 photo, largest 17 on an H200), so detections
-differ within ``yolov4.compare.GPU_DECODE_TOLERANCE``; ``yolo-batch bench --check`` measures
+torchvision as by Pillow). nvJPEG's IDCT is not libjpeg's: pixels differ by a few levels
+(docs/performance.md has the measured differences), so detections differ within
+``yolov4.compare.GPU_DECODE_TOLERANCE``; ``yolo-batch bench --check`` measures
 it on the machine at hand.
 """
 

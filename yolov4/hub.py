@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from yolov4.errors import WeightsIntegrityError, WeightsUnavailableError
+from yolov4.retry import backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ class RemoteFile:
                 f"RemoteFile sha256 must be 64 lowercase hex digits, got {self.sha256!r}"
             )
 
+    def matches(self, size: int, sha256: str) -> bool:
+        """Whether a file of ``size`` bytes hashing to ``sha256`` is this file."""
+        return size == self.size and sha256 == self.sha256
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -172,8 +177,20 @@ def verify(path: Path | str, remote: RemoteFile) -> VerifyResult:
     Raises ``FileNotFoundError`` if the file does not exist.
     """
     size, digest = file_digest(path)
-    ok = size == remote.size and digest == remote.sha256
-    return VerifyResult(ok=ok, size=size, sha256=digest)
+    return VerifyResult(ok=remote.matches(size, digest), size=size, sha256=digest)
+
+
+def check_sha256(data: bytes, sha256: str, what: str) -> None:
+    """Raise :class:`WeightsIntegrityError` unless ``data`` hashes to ``sha256``.
+
+    ``what`` names the bytes for the message (``"the weights given for yolov4"``): the
+    message reads ``<what> hash to <digest>, not <sha256>``.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise WeightsIntegrityError(
+            f"{what} hash to {digest}, not {sha256}; they are not the file expected"
+        )
 
 
 def _mismatch(remote: RemoteFile, size: int, digest: str) -> str:
@@ -245,7 +262,7 @@ def fetch(remote: RemoteFile, *, cache: Path | str | None = None) -> Path:
             logger.warning("could not fetch %s from %s", remote.filename, reason)
             unavailable.append(reason)
             continue
-        if size == remote.size and digest == remote.sha256:
+        if remote.matches(size, digest):
             os.replace(tmp, target)
             logger.info("saved %s (%d bytes, sha256 verified)", target, size)
             return target
@@ -346,7 +363,7 @@ class UrlSource:
             except _TransientError as exc:
                 if attempt == attempts:
                     raise SourceError(f"{exc} (gave up after {attempt} attempts)") from exc
-                delay = self.backoff_s * 2 ** (attempt - 1)
+                delay = backoff_s(attempt, self.backoff_s)
                 logger.warning(
                     "%s: %s; retrying in %.1f s (attempt %d of %d)",
                     self.url,

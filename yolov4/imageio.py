@@ -76,12 +76,9 @@ scaling by 1/2, 1/4 or 1/8)."""
 DRAFT_MIN_SCALE = 2.0
 """Default :func:`draft_min_size` factor: a reduced decode keeps at least this many stored
 pixels per network input pixel in each dimension (fewer than twice as many when it is reduced
-at all). Chosen with ``benchmarks/bench_draft.py`` on the sample photos upscaled 2-6x, with
-yolov4-tiny at 416 and 608: detections stay within ``yolov4.compare.DRAFT_TOLERANCE`` of full
-decoding (figures there), with less spread than factor 1.5 (90th percentile of score
-differences 0.11 against 0.16, largest 0.315 against 0.42) and none of factor 1's lost
-detections; factor 1.5 is about twice as fast on 12-megapixel photos at 416 (1/4 instead of
-1/2)."""
+at all). At this factor detections stay within ``yolov4.compare.DRAFT_TOLERANCE`` of full
+decoding; a smaller factor reduces more photos further (faster) but moves detections more, and
+factor 1 loses some. docs/performance.md ("JPEG draft decoding") has the measured figures."""
 
 PREFIX_REPR_BYTES = 12
 """How many leading bytes an unrecognised-format message shows."""
@@ -395,7 +392,7 @@ def _load_rgb(
     full-resolution ``(width, height)`` in display orientation. With ``min_size`` set and a
     JPEG, the decode is reduced by Pillow's ``draft`` (the largest of 1/8, 1/4, 1/2 that keeps
     at least ``min_size``); the EXIF orientation is read from the header first, because the
-    request must be made in stored orientation. Other images are loaded as they always were,
+    request must be made in stored orientation. Other images are loaded in full, the
     orientation read after loading (PNG may keep its EXIF after the pixel data).
     """
     if min_size is None or image.format not in DRAFT_FORMATS:

@@ -5,14 +5,15 @@ layout, and oneDNN reorders it into the blocked layout its kernels read on **eve
 :func:`pack_convolutions` reorders each folded convolution's weight once, up front, and runs
 the layer through oneDNN's fused convolution op with that packed weight; leaky ReLU runs
 inside the convolution as a post-op instead of as a second pass over the output. The same
-kernels: fp32 outputs equal the plain path's up to float rounding (tested). Measured on 2
-Zen 4 cores in fp32: about 1.06x forward passes for yolov4-tiny at 416, 1.04x for yolov4 at
-608 (``benchmarks/bench_detector.py``: "forward, weights not pre-packed").
+kernels: fp32 outputs equal the plain path's up to float rounding (tested). What it saves is
+the per-call weight reorder and the activation's separate pass; docs/performance.md has the
+measured gain.
 
-This is what Inductor's weight freezing does for compiled CPU models, without compiling (5–20 s
-per process). No library exposes it for eager models (``torch.utils.mkldnn.to_mkldnn`` needs
-opaque oneDNN tensors flowing between every layer, which Mish, concatenation and slicing do not
-take), so it is written here, on the two ops Inductor itself emits for frozen convolutions:
+This is what Inductor's weight freezing does for compiled CPU models, without paying a
+compilation in every process. No library exposes it for eager models
+(``torch.utils.mkldnn.to_mkldnn`` needs opaque oneDNN tensors flowing between every layer,
+which Mish, concatenation and slicing do not take), so it is written here, on the two ops
+Inductor itself emits for frozen convolutions:
 ``torch.ops.mkldnn._reorder_convolution_weight`` and ``torch.ops.mkldnn._convolution_pointwise``.
 They are internal to PyTorch; where they are missing, refuse a layer or compute anything else
 than the plain path on a small check image, the model keeps the plain path
@@ -41,10 +42,11 @@ _NO_POST_OP = ("none", [])
 #: dtypes with oneDNN convolution kernels on CPU (bf16 only where the CPU has native ones).
 _PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 #: Largest difference allowed between the packed and the plain path's outputs on the check
-#: image, relative to the outputs' largest magnitude, by dtype. fp32: float rounding (a packed
-#: layout can change the summation order; measured up to 9e-5 for yolov4 with one thread, 0 with
-#: two). bf16: leaky ReLU inside the convolution runs before the rounding to bf16 instead of
-#: after it (measured up to 0.125 on yolov4-tiny's heads, of magnitude ~10).
+#: image, relative to the outputs' largest magnitude, by dtype. fp32: room for float rounding
+#: only (a packed layout can change the summation order). bf16: room for bf16 rounding, which
+#: the fused path applies at another point (leaky ReLU inside the convolution runs before the
+#: rounding to bf16 instead of after it). Anything beyond these means the packed path is wrong,
+#: and the plain one is kept.
 AGREEMENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.05}
 #: Side of the one image :func:`pack_convolutions` runs to find each layer's input shape and
 #: to check the packed model: the smallest input these models take (their largest stride).
@@ -70,8 +72,8 @@ class PackedConvolution:
     of the layer's dtype on the CPU; returns ``[B, filters, H / stride, W / stride]``.
     ``input_shape``: the ``[B, in_channels, H, W]`` it will mostly see. oneDNN picks the
     weight's layout for it; any shape gives the same outputs, but a layout chosen for another
-    scale of input gets reordered again on every call (without a shape, yolov4 at 608 ran
-    0.86x the plain path; with it, 1.06x).
+    scale of input gets reordered again on every call, which can make the packed path slower
+    than the plain one: pass the shape.
     ``fuses_activation`` says whether the layer's activation is already applied.
 
     Not an ``nn.Module``: it holds no parameters of its own (``state_dict`` and ``.to()`` see

@@ -4,8 +4,8 @@ Each subcommand lives in its own module with a ``register(subparsers)`` function
 adds its parser and sets ``func`` to a callable taking the parsed namespace and
 returning an exit code.
 
-Exit codes: 0 success, 1 usage or input error, 2 run finished with failed shards,
-130 interrupted.
+Exit codes (:mod:`pipeline.errors`): 0 success, 1 usage or input error, 2 run finished with
+failed shards, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,14 +14,9 @@ import argparse
 import logging
 import sys
 
-from pipeline.errors import RunError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunError
 from pipeline.store.storage import StorageError
 from yolov4.errors import YoloError
-
-EXIT_OK = 0
-EXIT_USAGE = 1
-EXIT_FAILED_SHARDS = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli.model_options import add_model_arguments, detector_options
+from pipeline.cli.model_options import add_model_arguments, detector_options, precision
+from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.run.config import RunConfig
 from pipeline.worker.model_spec import DEFAULT_MODEL
+from pipeline.worker.tasks import DEFAULT_BATCH_SIZE
 from yolov4.detector import Detection, Detector
 from yolov4.draw import save_annotated
 from yolov4.errors import ImageDecodeError, YoloError
 from yolov4.imageio import read_image
 from yolov4.pretrained import fetch_sample_images
 
-EXIT_OK = 0
-EXIT_INPUT_ERROR = 1
 ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -40,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser, remote_files=False)
     options = parser.add_argument_group("device")
     options.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
-    options.add_argument("--batch-size", type=int, default=8, help="images per forward (8)")
+    options.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per forward ({DEFAULT_BATCH_SIZE})",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, help="write annotated copies into this directory")
     output.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -50,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_detector(args: argparse.Namespace) -> Detector:
     """The detector the options describe (local files only)."""
     options = dict(
-        device=args.device, precision=args.precision, **detector_options(args).as_kwargs()
+        device=args.device,
+        precision=precision(args, RunConfig.precision),
+        **detector_options(args).as_kwargs(),
     )
     if args.cfg or args.weights:
         if not (args.cfg and args.weights):
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         paths.extend(fetch_sample_images())
     if not paths:
         print("yolo-batch: error: no images given; pass image files or --samples", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        return EXIT_USAGE
     detector = build_detector(args)
     failed = 0
     loaded: list[tuple[Path, np.ndarray]] = []
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for (path, image), detections in zip(loaded, results):
             print(_as_table(path, image, detections))
-    return EXIT_INPUT_ERROR if failed else EXIT_OK
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def _as_table(path: Path, image: np.ndarray, detections: list[Detection]) -> str:

@@ -7,8 +7,8 @@ import json
 import math
 
 from pipeline.cli.query_cmd import format_table
+from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.results.evaluate import IOU_TYPES, MATCH_AUTO, MATCH_MODES, evaluate
-from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="match file_name to image URIs exactly (uri), by file name (basename) or auto",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    add_s3_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.ground_truth,
         match=args.match,
         iou_type=args.iou_type,
-        s3_options=S3Options(endpoint_url=args.endpoint_url),
+        s3_options=s3_options(args),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

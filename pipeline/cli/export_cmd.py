@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.results.export import FORMATS, ExportOptions, export_results
 from pipeline.results.export.reader import DEFAULT_MEMORY_LIMIT
-from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MEMORY_LIMIT,
         help=f"DuckDB working memory before it spills to disk (default {DEFAULT_MEMORY_LIMIT})",
     )
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    add_s3_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         args.export_format,
         args.dest,
         options,
-        S3Options(endpoint_url=args.endpoint_url),
+        s3_options(args),
     )
     print(summary.line())
     return 0

@@ -1,11 +1,12 @@
 """``yolo-batch jobs validate SPEC...`` and ``yolo-batch jobs render SPEC --target k8s|cron``.
 
-``render --target k8s`` fills the scheduled-job templates of ``infra/k8s/scheduled`` from a job
-spec: a RayCronJob (KubeRay 1.6+), or with ``--fallback cronjob`` the ServiceAccount, Role,
-RoleBinding, ConfigMap (the RayJob) and CronJob that create a RayJob on each tick. The run's
-settings travel as ``yolo-batch run`` flags in the RayJob's entrypoint: the manifest is then the
-whole job (no ConfigMap to mount into the Ray head and keep in step with it), and the flags
-are the same interface every other run uses. ``render --target cron`` prints a crontab entry
+``render --target k8s`` fills the scheduled-job templates of ``pipeline/cli/templates`` (package
+data) from a job spec: a RayCronJob (KubeRay 1.6+), or with ``--fallback cronjob`` the
+ServiceAccount, Role, RoleBinding, ConfigMap (the RayJob) and CronJob that create a RayJob on
+each tick. The run's settings travel as ``yolo-batch run`` flags in the RayJob's entrypoint
+(generated from the settings' schema, :mod:`pipeline.run.settings`): the manifest is then the
+whole job (no ConfigMap to mount into the Ray head and keep in step with it), and the flags are
+the same interface every other run uses. ``render --target cron`` prints a crontab entry
 for one machine: ``cd`` to a working folder, ``flock -n`` so a run still going makes the next
 tick skip, ``yolo-batch run /abs/spec.yaml`` with its output appended to a log file.
 """
@@ -17,14 +18,17 @@ import os
 import shlex
 import shutil
 import sys
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from pipeline.run.jobspec import JobSpec, load_spec
+from pipeline.run.settings import SETTINGS
+from pipeline.run.settings import run_argv as settings_argv
 
-#: The templates, in a checkout of the repository (they are not part of the installed package).
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "scheduled"
+#: The templates: package data (pipeline/cli/templates), so an installed yolo-batch has them.
+TEMPLATES_DIR = resources.files("pipeline.cli") / "templates"
 RAYCRONJOB_TEMPLATE = "raycronjob.yaml"
 CRONJOB_TEMPLATE = "cronjob.yaml"
 TARGETS = ("k8s", "cron")
@@ -108,15 +112,16 @@ def validate_cmd(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the run command
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+#: The settings a rendered job passes to ``yolo-batch run``: every one a spec can set, and the
+#: job's name.
+RENDERED_SETTINGS = tuple(s for s in SETTINGS if s.section is not None or s.name == "job_name")
 
 
 def run_argv(spec: JobSpec) -> list[str]:
     """``yolo-batch run`` with the spec's settings as flags (the spec is not needed to run it)."""
-    argv = ["yolo-batch", "run", "--source", spec.source, "--output", spec.output]
-    argv += ["--job-name", spec.name, "--incremental" if spec.incremental else "--no-incremental"]
-    model = spec.model
+    config = spec.run_config()
+    argv = ["yolo-batch", "run"]
+    model = config.model
     for flag, value in (
         ("--model", model.name),
         ("--cfg", model.cfg),
@@ -125,31 +130,7 @@ def run_argv(spec: JobSpec) -> list[str]:
     ):
         if value:
             argv += [flag, value]
-    det = spec.detector
-    argv += ["--conf", _number(det.conf_threshold), "--iou", _number(det.nms_threshold)]
-    argv += ["--max-det", str(det.max_detections)]
-    if spec.compile is not None:
-        argv += ["--compile" if spec.compile else "--no-compile"]
-    optional = (
-        ("--size", det.input_size),
-        ("--nms", det.nms_kind),
-        ("--resize", det.resize),
-        ("--classes", ",".join(det.classes) if det.classes else None),
-        ("--precision", spec.precision),
-        ("--decode", spec.decode),
-        ("--actors", spec.resources.actors),
-        ("--gpus-per-actor", spec.resources.gpus_per_actor),
-        ("--cpus-per-actor", spec.resources.cpus_per_actor),
-        ("--batch-size", spec.resources.batch_size),
-        ("--shard-size", spec.resources.shard_size),
-        ("--fetch-threads", spec.resources.fetch_threads),
-        ("--endpoint-url", spec.s3.endpoint_url),
-        ("--region", spec.s3.region),
-    )
-    for flag, value in optional:
-        if value is not None:
-            argv += [flag, _number(value) if isinstance(value, (int, float)) else str(value)]
-    return [*argv, "--no-progress"]
+    return [*argv, *settings_argv(config, RENDERED_SETTINGS), "--no-progress"]
 
 
 # --------------------------------------------------------------------------- render
@@ -237,13 +218,14 @@ def _require_s3(spec: JobSpec) -> None:
             )
 
 
-def _load_templates(path: Path) -> list[dict]:
+def _load_templates(path: Path | resources.abc.Traversable) -> list[dict]:
+    """The documents of a template: from the package's templates, or the --templates folder."""
     try:
-        return [d for d in yaml.safe_load_all(path.read_text()) if d]
+        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
     except FileNotFoundError:
         raise ValueError(
-            f"template {path} not found; run from a checkout of the repository or give the "
-            "folder of infra/k8s/scheduled with --templates"
+            f"template {path} not found; give a folder that holds {RAYCRONJOB_TEMPLATE} and "
+            f"{CRONJOB_TEMPLATE} with --templates"
         ) from None
 
 
@@ -265,9 +247,10 @@ def _fill_rayjob(job: dict, spec: JobSpec, *, image, worker_image, service_accou
             if worker_image:
                 container["image"] = worker_image
         gpus = float(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-        res = spec.resources
-        if res.actors and res.gpus_per_actor and gpus:
-            group["maxReplicas"] = max(1, -(-int(res.actors * res.gpus_per_actor) // int(gpus)))
+        config = spec.run_config()
+        if config.actors and config.gpus_per_actor and gpus:
+            needed = int(config.actors * config.gpus_per_actor)
+            group["maxReplicas"] = max(1, -(-needed // int(gpus)))
 
 
 def _label(doc: dict, spec: JobSpec, namespace: str) -> None:
@@ -332,7 +315,7 @@ def render_k8s(
         source = CRONJOB_TEMPLATE
     header = (
         f"# Job {spec.name}, rendered by `yolo-batch jobs render {spec_arg} --target k8s"
-        f"{' --fallback ' + fallback if fallback else ''}` from infra/k8s/scheduled/{source}.\n"
+        f"{' --fallback ' + fallback if fallback else ''}` from the template {source}.\n"
         "# Change the spec and render again rather than editing this file.\n"
     )
     return header + yaml.safe_dump_all(docs, sort_keys=False)

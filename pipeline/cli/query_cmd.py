@@ -7,8 +7,8 @@ import csv
 import json
 import sys
 
+from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.results.query import query
-from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="the results (s3://bucket/prefix or folder)")
     parser.add_argument("sql", help='e.g. "SELECT class_name, count(*) FROM detections GROUP BY 1"')
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    add_s3_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    table = query(args.output, args.sql, S3Options(endpoint_url=args.endpoint_url))
+    table = query(args.output, args.sql, s3_options(args))
     rows = table.to_pylist()
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.results.report import write_report
 from pipeline.results.report.data import DEFAULT_SAMPLES
-from pipeline.store.s3 import S3Options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_SAMPLES,
         help=f"sample images in the gallery (default {DEFAULT_SAMPLES}; 0 for none)",
     )
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    add_s3_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         run_id=args.run,
         samples=args.samples,
-        s3_options=S3Options(endpoint_url=args.endpoint_url),
+        s3_options=s3_options(args),
     )
     size_kb = os.path.getsize(args.out) / 1024
     print(

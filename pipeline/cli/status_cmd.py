@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import asdict
 
+from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.run.lease import read_lease
 from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="the run's output (s3://bucket/prefix or folder)")
     parser.add_argument("--run", help="a run id (default: the latest)")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    add_s3_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -54,7 +55,7 @@ def collect_status(output: str, run_id: str | None, s3: S3Options) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    status = collect_status(args.output, args.run, S3Options(endpoint_url=args.endpoint_url))
+    status = collect_status(args.output, args.run, s3_options(args))
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EXIT_OK, EXIT_USAGE
 from yolov4.hub import cache_dir, local_path, verify
 from yolov4.pretrained import PretrainedModel, get_pretrained, list_pretrained, pretrained_names
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 SHA256_PREFIX_CHARS = 12
 BYTES_PER_MB = 1_000_000
 
@@ -140,7 +139,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 f"{model.name}: missing: {path} is not cached; "
                 f"run `yolo-batch weights fetch {model.name}`"
             )
-            status = EXIT_FAILED
+            status = EXIT_USAGE
             continue
         result = verify(path, model.weights)
         if result.ok:
@@ -151,5 +150,5 @@ def run_verify(args: argparse.Namespace) -> int:
             f"expected {model.weights.sha256} ({model.weights.size} bytes); "
             f"delete it and run `yolo-batch weights fetch {model.name}`"
         )
-        status = EXIT_FAILED
+        status = EXIT_USAGE
     return status

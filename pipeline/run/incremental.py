@@ -62,8 +62,9 @@ LISTING_BATCH_ROWS = 50_000
 RESULT_BATCH_ROWS = 10_000
 #: Tombstones per deleted-objects file.
 DELETED_FILE_ROWS = 1_000_000
-#: DuckDB's memory cap for the delta; beyond it, DuckDB spills to the temporary folder.
-#: ``benchmarks/bench_incremental.py``: 0.5 M -> 4 M committed images, peak RSS +164 -> +187 MiB.
+#: DuckDB's memory cap for the delta; beyond it, DuckDB spills to the temporary folder, so the
+#: driver's memory stays bounded however many images are committed (docs/performance.md,
+#: "Incremental planning", has a measured run).
 DUCKDB_MEMORY_LIMIT = "256MB"
 #: Columns of the committed ``images`` rows the delta needs.
 EARLIER_COLUMNS = ["image_uri", "run_id", "etag", "status", "error"]

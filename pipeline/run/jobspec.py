@@ -23,12 +23,14 @@ import yaml
 from croniter import croniter
 
 from pipeline.run.config import ModelChoice, RunConfig
-from pipeline.store.s3 import S3Options
-from pipeline.worker.decode_modes import DECODE_MODES
-from pipeline.worker.model_spec import DetectorOptions
-from yolov4.config import INPUT_SIZE_MULTIPLE
-from yolov4.detector import PRECISIONS
-from yolov4.preprocess import RESIZE_MODES
+from pipeline.run.settings import (
+    SETTINGS,
+    TOP_LEVEL,
+    InvalidValueError,
+    Setting,
+    string,
+    with_values,
+)
 from yolov4.pretrained import pretrained_names
 
 #: A job name is a DNS label short enough for the Kubernetes objects named after it (a CronJob
@@ -36,9 +38,6 @@ from yolov4.pretrained import pretrained_names
 JOB_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_JOB_NAME_LENGTH = 40
 DEFAULT_TIMEZONE = "UTC"
-#: Runs of a spec are incremental unless the spec says ``incremental: false``.
-DEFAULT_INCREMENTAL = True
-NMS_KINDS = ("diou", "iou")
 #: The macros cron daemons and Kubernetes both accept in place of five fields.
 CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 CRON_FIELDS = 5
@@ -80,59 +79,29 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Resources:
-    """Ray actors and their sizes; ``None`` leaves the run's default."""
-
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float | None = None
-    batch_size: int | None = None
-    shard_size: int | None = None
-    fetch_threads: int | None = None
-
-
-@dataclass(frozen=True)
 class JobSpec:
-    """One validated job spec; ``path`` is the file it came from (absolute)."""
+    """One validated job spec; ``path`` is the file it came from (absolute).
+
+    ``settings``: the run settings the spec gives (and those whose job-spec default differs from
+    a plain run's, such as ``incremental``), by ``RunConfig`` field path.
+    """
 
     name: str
     source: str
     output: str
     model: ModelChoice = field(default_factory=ModelChoice)
-    detector: DetectorOptions = field(default_factory=DetectorOptions)
-    precision: str | None = None
-    decode: str | None = None
-    compile: bool | None = None
-    resources: Resources = field(default_factory=Resources)
+    settings: dict[str, Any] = field(default_factory=dict)
     schedule: Schedule | None = None
-    incremental: bool = DEFAULT_INCREMENTAL
-    s3: S3Options = field(default_factory=S3Options)
     path: Path | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return bool(self.settings.get("incremental", False))
 
     def run_config(self) -> RunConfig:
         """The settings of one run of this job (``job_name`` = the spec's name)."""
-        res = self.resources
-        settings: dict[str, Any] = {
-            "num_actors": res.actors,
-            "gpus_per_actor": res.gpus_per_actor,
-            "cpus_per_actor": res.cpus_per_actor,
-            "batch_size": res.batch_size,
-            "shard_size": res.shard_size,
-            "fetch_threads": res.fetch_threads,
-            "precision": self.precision,
-            "decode": self.decode,
-            "compile": self.compile,
-        }
-        config = RunConfig(
-            source=self.source,
-            output=self.output,
-            model=self.model,
-            detector=self.detector,
-            s3=self.s3,
-            job_name=self.name,
-            incremental=self.incremental,
-            **{k: v for k, v in settings.items() if v is not None},
-        )
+        base = RunConfig(source=self.source, output=self.output, model=self.model)
+        config = with_values(base, {**self.settings, "job_name": self.name})
         config.validate()
         return config
 
@@ -142,18 +111,11 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class _Field:
-    """How to check one field: ``check(value) -> converted`` raises ``_BadValueError(accepted)``."""
+    """How to check one field: ``check(value) -> converted`` raises
+    :class:`~pipeline.run.settings.InvalidValueError` saying what is accepted."""
 
     check: Callable[[Any], Any]
     required: bool = False
-
-
-class _BadValueError(Exception):
-    """A value that does not fit; ``accepted`` says what would."""
-
-    def __init__(self, accepted: str) -> None:
-        super().__init__(accepted)
-        self.accepted = accepted
 
 
 def _describe(value: Any) -> str:
@@ -165,88 +127,22 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({kind})"
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _BadValueError("a non-empty string")
-    return value.strip()
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _BadValueError(f"an integer of at least {minimum}")
-        return value
-
-    return check
-
-
-def _number(minimum: float, maximum: float | None = None, *, above: bool = False):
-    def check(value: Any) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and (value > minimum if above else value >= minimum)
-        ok = ok and (maximum is None or value <= maximum)
-        if not ok:
-            if maximum is not None:
-                raise _BadValueError(f"a number from {minimum:g} to {maximum:g}")
-            raise _BadValueError(f"a number {'above' if above else 'of at least'} {minimum:g}")
-        return float(value)
-
-    return check
-
-
-def _choice(options) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _BadValueError("one of " + ", ".join(options))
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _BadValueError("true or false")
-    return value
-
-
-def _input_size(value: Any) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-    if not ok or value % INPUT_SIZE_MULTIPLE:
-        raise _BadValueError(
-            f"a positive multiple of {INPUT_SIZE_MULTIPLE} (e.g. 320, 416, 512, 608)"
-        )
-    return value
-
-
-def _classes(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    accepted = "a list of class names or ids (e.g. [person, car] or [0, 2])"
-    if not isinstance(items, list) or not items:
-        raise _BadValueError(accepted)
-    out = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int)) or not str(item).strip():
-            raise _BadValueError(accepted)
-        out.append(str(item).strip())
-    return tuple(out)
-
-
 def _job_name(value: Any) -> str:
     accepted = (
         f"lower-case letters, digits and '-', starting and ending with a letter or digit, at "
         f"most {MAX_JOB_NAME_LENGTH} characters (e.g. nightly-street-cams)"
     )
     if not isinstance(value, str) or len(value) > MAX_JOB_NAME_LENGTH:
-        raise _BadValueError(accepted)
+        raise InvalidValueError(accepted)
     if not JOB_NAME_PATTERN.match(value):
-        raise _BadValueError(accepted)
+        raise InvalidValueError(accepted)
     return value
 
 
 def _pretrained(value: Any) -> str:
     names = pretrained_names()
     if not isinstance(value, str) or value.lower() not in [n.lower() for n in names]:
-        raise _BadValueError(
+        raise InvalidValueError(
             f"a pretrained model name ({', '.join(names)}) or a mapping with cfg, weights and names"
         )
     return value
@@ -259,76 +155,55 @@ def _cron(value: Any) -> str:
         "schedule.timezone"
     )
     if not isinstance(value, str):
-        raise _BadValueError(accepted)
+        raise InvalidValueError(accepted)
     text = " ".join(value.split())
     if text.startswith("@"):
         if text not in CRON_MACROS:
-            raise _BadValueError(accepted)
+            raise InvalidValueError(accepted)
         return text
     if len(text.split()) != CRON_FIELDS or not croniter.is_valid(text):
-        raise _BadValueError(accepted)
+        raise InvalidValueError(accepted)
     return text
 
 
 def _timezone(value: Any) -> str:
     accepted = "an IANA time zone name (e.g. UTC, Europe/Berlin, America/New_York)"
     if not isinstance(value, str) or not value.strip():
-        raise _BadValueError(accepted)
+        raise InvalidValueError(accepted)
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise _BadValueError(accepted) from exc
+        raise InvalidValueError(accepted) from exc
     return value
 
 
-def _http_url(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
-        raise _BadValueError(
-            "an http:// or https:// URL (e.g. https://s3.eu-central-1.amazonaws.com)"
-        )
-    return value
-
-
-#: Every field of a spec, by section; a nested dict is a section (a mapping in the YAML).
-SCHEMA: dict[str, Any] = {
-    "name": _Field(_job_name, required=True),
-    "description": _Field(_string),
-    "source": _Field(_string, required=True),
-    "output": _Field(_string, required=True),
-    "model": None,  # a pretrained name or a mapping: checked by _model
-    "input_size": _Field(_input_size),
-    "conf": _Field(_number(0.0, 1.0)),
-    "iou": _Field(_number(0.0, 1.0)),
-    "nms": _Field(_choice(NMS_KINDS)),
-    "max_det": _Field(_integer(1)),
-    "resize": _Field(_choice(RESIZE_MODES)),
-    "precision": _Field(_choice(tuple(PRECISIONS))),
-    "decode": _Field(_choice(DECODE_MODES)),
-    "compile": _Field(_boolean),
-    "classes": _Field(_classes),
-    "incremental": _Field(_boolean),
-    "resources": {
-        "actors": _Field(_integer(1)),
-        "gpus_per_actor": _Field(_number(0.0)),
-        "cpus_per_actor": _Field(_number(0.0, above=True)),
-        "batch_size": _Field(_integer(1)),
-        "shard_size": _Field(_integer(1)),
-        "fetch_threads": _Field(_integer(1)),
-    },
-    "schedule": {
+def _build_schema(settings: tuple[Setting, ...]) -> dict[str, Any]:
+    """Every field of a spec, by section (a nested dict is a mapping in the YAML): the job's own
+    fields, then each run setting that a spec may set, where :mod:`pipeline.run.settings` puts
+    it."""
+    schema: dict[str, Any] = {
+        "name": _Field(_job_name, required=True),
+        "description": _Field(string),
+        "model": None,  # a pretrained name or a mapping: checked by _model
+    }
+    for setting in settings:
+        if setting.section is None:
+            continue
+        section = schema if setting.section == TOP_LEVEL else schema.setdefault(setting.section, {})
+        section[setting.name] = _Field(setting.check, required=setting.required)
+    schema["schedule"] = {
         "cron": _Field(_cron, required=True),
         "timezone": _Field(_timezone),
-    },
-    "s3": {
-        "endpoint_url": _Field(_http_url),
-        "region": _Field(_string),
-    },
-}
+    }
+    return schema
+
+
+SCHEMA: dict[str, Any] = _build_schema(SETTINGS)
 MODEL_FIELDS: dict[str, _Field] = {
     "name": _Field(_pretrained),
-    "cfg": _Field(_string),
-    "weights": _Field(_string),
-    "names": _Field(_string),
+    "cfg": _Field(string),
+    "weights": _Field(string),
+    "names": _Field(string),
 }
 
 
@@ -390,34 +265,26 @@ def parse_spec(data: Any) -> JobSpec:
         )
     _refuse_credentials(data, "")
     values = _check_section(data, SCHEMA, "")
-    model = _model(data.get("model"))
-    detector = DetectorOptions(
-        input_size=values.get("input_size"),
-        conf_threshold=values.get("conf", DetectorOptions.conf_threshold),
-        nms_threshold=values.get("iou", DetectorOptions.nms_threshold),
-        nms_kind=values.get("nms"),
-        resize=values.get("resize"),
-        max_detections=values.get("max_det", DetectorOptions.max_detections),
-        classes=values.get("classes"),
-    )
     schedule = None
     if "schedule" in values:
         sched = values["schedule"]
         schedule = Schedule(sched["cron"], sched.get("timezone", DEFAULT_TIMEZONE))
-    s3 = values.get("s3", {})
+    settings: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.section is None or setting.name in ("source", "output"):
+            continue
+        section = values if setting.section == TOP_LEVEL else values.get(setting.section, {})
+        if setting.name in section:
+            settings[setting.field] = section[setting.name]
+        elif setting.spec_default is not None:
+            settings[setting.field] = setting.spec_default
     return JobSpec(
         name=values["name"],
         source=values["source"],
         output=values["output"],
-        model=model,
-        detector=detector,
-        precision=values.get("precision"),
-        decode=values.get("decode"),
-        compile=values.get("compile"),
-        resources=Resources(**values.get("resources", {})),
+        model=_model(data.get("model")),
+        settings=settings,
         schedule=schedule,
-        incremental=values.get("incremental", DEFAULT_INCREMENTAL),
-        s3=S3Options(endpoint_url=s3.get("endpoint_url"), region=s3.get("region")),
     )
 
 
@@ -449,7 +316,7 @@ def _check_section(data: dict, schema: dict, prefix: str) -> dict[str, Any]:
             continue
         try:
             out[key] = rule.check(data[key])
-        except _BadValueError as bad:
+        except InvalidValueError as bad:
             raise JobSpecError(
                 f"`{where}` must be {bad.accepted}, got {_describe(data[key])}; fix it in the spec"
             ) from None
@@ -469,7 +336,7 @@ def _model(value: Any) -> ModelChoice:
     if isinstance(value, str):
         try:
             return ModelChoice(name=_pretrained(value))
-        except _BadValueError as bad:
+        except InvalidValueError as bad:
             raise JobSpecError(
                 f"`model` must be {bad.accepted}, got {_describe(value)}; fix it in the spec"
             ) from None

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from pipeline.store.ledger import ShardCounts
 from pipeline.store.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,22 @@ class RunProgress:
     images_done_this_session: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)
     message: str | None = None
+
+    @property
+    def committed(self) -> ShardCounts:
+        """The counts of every committed shard, earlier sessions' included."""
+        return ShardCounts(self.images_done, self.images_ok, self.images_error, self.detections)
+
+    def add_committed(self, counts: ShardCounts, *, this_session: bool) -> None:
+        """Count one more committed shard holding ``counts``; ``this_session``: committed by
+        this process (it counts toward the rate), not found from an earlier session."""
+        self.shards_committed += 1
+        self.images_done += counts.images
+        self.images_ok += counts.ok
+        self.images_error += counts.errors
+        self.detections += counts.detections
+        if this_session:
+            self.images_done_this_session += counts.images
 
     @property
     def elapsed(self) -> float:

@@ -3,7 +3,7 @@
 - ``run.json`` describes a run (configuration, model fingerprint, times, counts, outcome).
 - A shard is committed once its data files are written: its commit marker
   ``commits/shard-NNNNNN.TOKEN.json`` names the attempt token, so readers find the shard's
-  files from a listing alone; the marker's body holds the counts.
+  files from a listing alone; the marker's body holds the shard's :class:`ShardCounts`.
 - ``failed/shard-NNNNNN.json`` records a shard that ran out of attempts; a later commit of the
   same shard (on resume) removes it.
 """
@@ -57,6 +57,43 @@ def new_attempt_token(attempt: int) -> str:
     return f"a{attempt}-{secrets.token_hex(4)}"
 
 
+#: :class:`ShardCounts` fields and the commit marker keys that hold them (the on-disk names).
+MARKER_COUNT_KEYS = {
+    "images": "num_images",
+    "ok": "num_ok",
+    "errors": "num_errors",
+    "detections": "num_detections",
+}
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    """What a committed shard (or a sum of them) holds: images read, of which ok and error,
+    and detections. Stored in a commit marker's body as :data:`MARKER_COUNT_KEYS`."""
+
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    detections: int = 0
+
+    def __add__(self, other: ShardCounts) -> ShardCounts:
+        return ShardCounts(
+            self.images + other.images,
+            self.ok + other.ok,
+            self.errors + other.errors,
+            self.detections + other.detections,
+        )
+
+    def to_marker(self) -> dict[str, int]:
+        """The counts as a commit marker's body holds them."""
+        return {key: getattr(self, name) for name, key in MARKER_COUNT_KEYS.items()}
+
+    @classmethod
+    def from_marker(cls, body: dict[str, Any]) -> ShardCounts:
+        """The counts of a commit marker's body; a key it lacks counts 0."""
+        return cls(**{name: body.get(key, 0) for name, key in MARKER_COUNT_KEYS.items()})
+
+
 @dataclass
 class RunRecord:
     """Everything known about a run; serialised as ``run.json``. No credentials, ever."""
@@ -90,6 +127,14 @@ class RunRecord:
     objects_unchanged: int | None = None
     objects_deleted: int | None = None
 
+    def set_counts(self, counts: ShardCounts) -> None:
+        """Record the committed shards' image and detection counts."""
+        self.images_ok, self.images_error, self.detections = (
+            counts.ok,
+            counts.errors,
+            counts.detections,
+        )
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
@@ -102,9 +147,11 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class CommitMarker:
+    """A committed shard as a listing names it; its counts are in the body
+    (:meth:`Ledger.read_commit_counts`)."""
+
     shard_id: int
     attempt_token: str
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Ledger:
@@ -135,10 +182,24 @@ class Ledger:
         return ids[-1] if ids else None
 
     # --------------------------------------------------------------- commits
-    def commit(self, run_id: str, shard_id: int, attempt_token: str, counts: dict) -> None:
-        """Write the shard's commit marker (after its data files), clearing a failure mark."""
+    def commit(
+        self,
+        run_id: str,
+        shard_id: int,
+        attempt_token: str,
+        counts: ShardCounts,
+        *,
+        attempt: int | None = None,
+    ) -> None:
+        """Write the shard's commit marker (after its data files), clearing a failure mark.
+
+        ``attempt``: the number of the attempt whose files ``attempt_token`` names, recorded
+        in the marker when given."""
         name = f"{shard_name(shard_id)}.{attempt_token}.json"
-        body = json.dumps({"shard_id": shard_id, "attempt_token": attempt_token, **counts})
+        fields = {"shard_id": shard_id, "attempt_token": attempt_token, **counts.to_marker()}
+        if attempt is not None:
+            fields["attempt"] = attempt
+        body = json.dumps(fields)
         self.storage.write_bytes(join(self.layout.commits_dir(run_id), name), body.encode())
         try:
             self.storage.delete(self.layout.failed_marker(run_id, shard_id))
@@ -165,9 +226,11 @@ class Ledger:
             found[shard_id] = marker
         return found
 
-    def read_commit_counts(self, run_id: str, marker: CommitMarker) -> dict[str, Any]:
+    def read_commit_counts(self, run_id: str, marker: CommitMarker) -> ShardCounts:
+        """The counts in ``marker``'s body."""
         name = f"{shard_name(marker.shard_id)}.{marker.attempt_token}.json"
-        return json.loads(self.storage.read_bytes(join(self.layout.commits_dir(run_id), name)))
+        body = json.loads(self.storage.read_bytes(join(self.layout.commits_dir(run_id), name)))
+        return ShardCounts.from_marker(body)
 
     def data_files(self, run_id: str, marker: CommitMarker) -> dict[str, str]:
         """The committed shard's data file URIs by table."""

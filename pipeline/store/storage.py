@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from pipeline.store.s3 import S3Options, make_client
 from pipeline.store.uris import S3_SCHEME, is_s3, parse_s3
+from yolov4.retry import jittered_backoff_s
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -303,7 +303,7 @@ class S3Storage:
             except TransientStorageError as exc:
                 if attempt == S3_ATTEMPTS:
                     raise
-                delay = retry_delay(attempt, S3_RETRY_BACKOFF_S, S3_RETRY_BACKOFF_MAX_S)
+                delay = jittered_backoff_s(attempt, S3_RETRY_BACKOFF_S, S3_RETRY_BACKOFF_MAX_S)
                 logger.debug(
                     "%s of %s failed (%s); try %d of %d in %.2f s",
                     what,
@@ -317,10 +317,8 @@ class S3Storage:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def retry_delay(attempt: int, base_s: float, max_s: float) -> float:
-    """Seconds to wait after failed try ``attempt`` (1-based): exponential, capped, with
-    full jitter so that many workers throttled together do not retry together."""
-    return random.uniform(0.0, min(base_s * 2 ** (attempt - 1), max_s))
+#: Seconds to wait after failed try ``attempt`` (1-based): exponential, capped, with full
+#: jitter so that many workers throttled together do not retry together.
 
 
 def is_transient(exc: BaseException) -> bool:

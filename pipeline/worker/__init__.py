@@ -1,22 +1,32 @@
 """What runs inside a Ray actor: one model, many shards.
 
-The model's description and loading (:mod:`~pipeline.worker.model_spec`), the shard loop that
-reads, decodes, stages and detects a shard's images (:mod:`~pipeline.worker.actor`, decoding
-modes in :mod:`~pipeline.worker.decode_modes`), the Parquet sink that writes a shard's rows
-(:mod:`~pipeline.worker.sink`), and the thin Ray actor around them
-(:mod:`~pipeline.worker.remote`). Reads and writes through :mod:`pipeline.store`; knows nothing
-of the driver.
+- :mod:`~pipeline.worker.tasks`: the values an actor works with (:class:`ActorConfig`,
+  :class:`ShardTask`, :class:`ShardResult`); :mod:`~pipeline.worker.resources`: its CPUs and
+  torch threads.
+- :mod:`~pipeline.worker.model_spec`: the model's description and loading.
+- :mod:`~pipeline.worker.shard_processor`: the shard loop (:class:`ShardProcessor`) that
+  composes the parts below.
+- :mod:`~pipeline.worker.fetch`: reading an object's bytes with bounded per-image retries;
+  :mod:`~pipeline.worker.reasons`: the error texts of failed images;
+  :mod:`~pipeline.worker.storages`: the storages reads and writes go through.
+- :mod:`~pipeline.worker.decode`: decoding on the host or the GPU (modes in
+  :mod:`~pipeline.worker.decode_modes`, :func:`resolve_decode_mode`).
+- :mod:`~pipeline.worker.loading`: the fetch and decode thread pools and a shard's lookahead
+  window, over :class:`~pipeline.worker.loaded_image.LoadedImage`.
+- :mod:`~pipeline.worker.device_batches`: staging batches on the device and running the model;
+  :mod:`~pipeline.worker.model_turns`: the turns of concurrent shards on the model.
+- :mod:`~pipeline.worker.shard_output`: a shard's rows as they become known and its Parquet
+  files, through the sink (:mod:`~pipeline.worker.sink`).
+- :mod:`~pipeline.worker.remote`: the thin Ray actor around :class:`ShardProcessor`.
+
+Reads and writes through :mod:`pipeline.store`; knows nothing of the driver.
 """
 
-from pipeline.worker.actor import (
-    ActorConfig,
-    ModelTurns,
-    ShardProcessor,
-    ShardResult,
-    ShardTask,
-    available_cpus,
-    resolve_decode_mode,
-)
+from pipeline.worker.decode import resolve_decode_mode
+from pipeline.worker.model_turns import ModelTurns
+from pipeline.worker.resources import available_cpus
+from pipeline.worker.shard_processor import ShardProcessor
+from pipeline.worker.tasks import ActorConfig, ShardResult, ShardTask
 
 __all__ = [
     "ActorConfig",

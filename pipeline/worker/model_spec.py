@@ -16,7 +16,12 @@ from pipeline.store.s3 import S3Options
 from pipeline.store.storage import storage_for
 from pipeline.store.uris import normalize
 from yolov4.detector import Detector
-from yolov4.errors import WeightsIntegrityError
+from yolov4.hub import check_sha256
+from yolov4.postprocess import (
+    DEFAULT_CONF_THRESHOLD,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_NMS_THRESHOLD,
+)
 from yolov4.pretrained import get_pretrained
 
 #: The model used when none is named: small enough for CPUs, the default of the demo.
@@ -25,14 +30,17 @@ DEFAULT_MODEL = "yolov4-tiny"
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    """Inference settings; part of a run's identity (a resume must not change them)."""
+    """The model's inference settings, in :class:`yolov4.Detector`'s keywords (the run settings
+    ``input_size``, ``conf``, ``iou``, ``nms``, ``resize``, ``max_det``, ``classes`` map onto
+    them: :mod:`pipeline.run.settings`); part of a run's identity (a resume must not change
+    them). Defaults are the detector's (darknet's)."""
 
     input_size: int | None = None
-    conf_threshold: float = 0.25
-    nms_threshold: float = 0.45
+    conf_threshold: float = DEFAULT_CONF_THRESHOLD
+    nms_threshold: float = DEFAULT_NMS_THRESHOLD
     nms_kind: str | None = None
     resize: str | None = None
-    max_detections: int = 300
+    max_detections: int = DEFAULT_MAX_DETECTIONS
     classes: tuple[str, ...] | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
@@ -79,9 +87,9 @@ class ModelSpec:
 
         The bytes must hash to :attr:`weights_sha256`: an actor never runs other weights.
         ``prepack``: as :class:`~yolov4.detector.Detector`'s (off for a detector that only
-        checks the model and runs nothing: packing copies every weight, 0.4 s for yolov4).
+        checks the model and runs nothing: packing copies and reorders every weight).
         """
-        check_weights_digest(self.name, weights, self.weights_sha256)
+        check_sha256(weights, self.weights_sha256, f"weights for {self.name}")
         common = dict(
             device=device,
             precision=precision,
@@ -91,20 +99,13 @@ class ModelSpec:
         )
         if self.pretrained:
             return Detector.from_pretrained(self.pretrained, weights=weights, **common)
-        return Detector.from_darknet(
+        return Detector.from_darknet_text(
             self.cfg_text,
             weights,
             list(self.class_names) if self.class_names else None,
             name=self.name,
             **common,
         )
-
-
-def check_weights_digest(name: str, weights: bytes, sha256: str) -> None:
-    """Raise :class:`WeightsIntegrityError` unless ``weights`` hash to ``sha256``."""
-    digest = hashlib.sha256(weights).hexdigest()
-    if digest != sha256:
-        raise WeightsIntegrityError(f"weights for {name} hash to {digest}, not {sha256}")
 
 
 def resolve_model(

@@ -1,4 +1,5 @@
-"""The Ray actor that holds one model: :class:`~pipeline.worker.actor.ShardProcessor` behind Ray.
+"""The Ray actor that holds one model: :class:`~pipeline.worker.shard_processor.ShardProcessor`
+behind Ray.
 
 The caller sets its resources with ``.options(num_cpus=, num_gpus=)``.
 """
@@ -11,8 +12,9 @@ from typing import Any
 import ray
 
 from pipeline.store.s3 import S3Options
-from pipeline.worker.actor import ActorConfig, ShardProcessor, ShardResult, ShardTask
 from pipeline.worker.model_spec import ModelSpec
+from pipeline.worker.shard_processor import ShardProcessor
+from pipeline.worker.tasks import ActorConfig, ShardResult, ShardTask
 
 
 @ray.remote
@@ -22,7 +24,7 @@ class DetectorActor:
     Start it with ``max_concurrency`` equal to the shards kept queued on it: the queued shards
     then run in threads of their own, loading their input while the model finishes the shard
     before and leaving it to the next while they write; the model takes them one at a time, in
-    arrival order (:class:`~pipeline.worker.actor.ModelTurns`).
+    arrival order (:class:`~pipeline.worker.model_turns.ModelTurns`).
 
     ``weights`` are the model file's bytes (pass the ``ObjectRef`` of ``ray.put(weights)``:
     Ray resolves it, so every actor reads them from the object store, not from disk).

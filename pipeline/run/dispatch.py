@@ -1,0 +1,251 @@
+"""Step 6 and 7 of a run: its shards on its actors, retried when they fail, committed when
+they succeed.
+
+Each actor keeps ``shards_per_actor`` shards queued (``ray.wait``) and runs them concurrently,
+so the next one's input loads while the model finishes the one before and the model never
+waits on a Parquet write (:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task
+raised is retried on any live actor after a backoff, up to ``max_attempts``; a dead actor is
+replaced (:mod:`~pipeline.run.fleet`) and its shards requeued, and a preempted node's shard
+does not use up an attempt. A shard out of attempts is marked failed; the rest go on. A shard's
+commit marker is written after its files, so readers see only committed shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import ray
+import ray.exceptions
+
+from pipeline import faults
+from pipeline.run.actors import actor_count
+from pipeline.run.context import RunContext
+from pipeline.run.fleet import ActorFleet, Slot
+from pipeline.run.plan import PlanSummary, read_shard
+from pipeline.run.progress import ProgressReporter, RunProgress
+from pipeline.run.ray_cluster import init_ray, one_line, preempted
+from pipeline.store.ledger import ShardCounts, new_attempt_token
+from pipeline.store.storage import StorageError
+from pipeline.worker import ShardResult, ShardTask
+from pipeline.worker.model_spec import ModelSpec
+from yolov4.retry import backoff_s
+
+logger = logging.getLogger(__name__)
+
+#: First retry delay of a failed shard; doubles with each attempt, capped.
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 30.0
+#: Longest ``ray.wait`` between progress refreshes.
+WAIT_TIMEOUT_S = 1.0
+#: Shortest sleep while every queued shard waits out its backoff.
+IDLE_SLEEP_S = 0.01
+#: Threads reading earlier sessions' commit markers' counts on resume.
+MARKER_READ_THREADS = 16
+
+
+@dataclass
+class _Shard:
+    """One planned shard as the dispatcher tracks it: attempts so far, when it may run again,
+    and why its last attempt failed."""
+
+    shard_id: int
+    attempts: int = 0
+    ready_at: float = 0.0
+    last_error: str | None = None
+
+
+def shard_counts(result: ShardResult) -> ShardCounts:
+    """The counts a shard attempt reported, as its commit marker records them."""
+    return ShardCounts(
+        images=result.num_images,
+        ok=result.num_ok,
+        errors=result.num_errors,
+        detections=result.num_detections,
+    )
+
+
+class Dispatcher:
+    """Runs the uncommitted shards of ``plan`` on a fleet of actors until each is committed
+    or out of attempts; ``progress`` and ``reporter`` follow along. Use :meth:`run` once.
+
+    Raises :class:`~pipeline.errors.RunError` when no actor can start or one crash-loops, and
+    :class:`~pipeline.run.lease.LeaseLostError` once the lease is lost.
+    """
+
+    def __init__(
+        self,
+        context: RunContext,
+        *,
+        spec: ModelSpec,
+        weights: bytes,
+        plan: PlanSummary,
+        progress: RunProgress,
+        reporter: ProgressReporter,
+    ) -> None:
+        self.context = context
+        self.config = context.config
+        self.ledger = context.ledger
+        self.spec = spec
+        self.weights = weights
+        self.plan = plan
+        self.run_id = plan.run_id
+        self.progress = progress
+        self.reporter = reporter
+        self.fleet: ActorFleet | None = None
+        self.processed: list[int] = []
+
+    def run(self) -> list[int]:
+        """Dispatch until done; returns the ids of the shards this call committed."""
+        committed = self.ledger.commits(self.run_id)
+        self._count_committed(committed)
+        todo = [s for s in range(self.plan.num_shards) if s not in committed]
+        if not todo:
+            logger.info("run %s: every shard is already committed", self.run_id)
+            return []
+        self.progress.state = "starting actors"
+        self.reporter.tick(force=True)
+        init_ray(self.config)
+        self.fleet = ActorFleet(self.config, self.spec, ray.put(self.weights), self.progress)
+        self.fleet.start(min(actor_count(self.config, ray.cluster_resources()), len(todo)))
+        queue = collections.deque(_Shard(s) for s in todo)
+        try:
+            self._loop(queue)
+        finally:
+            self.fleet.stop()
+        return self.processed
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, queue: collections.deque) -> None:
+        fleet = self.fleet
+        while queue or any(slot.in_flight for slot in fleet.slots):
+            self.context.lease.check()
+            fleet.check_start_deadlines()
+            self._fill(queue)
+            refs = {ref: slot for slot in fleet.slots for ref in slot.in_flight}
+            self.progress.shards_in_flight = len(refs)
+            starting = fleet.starting()
+            if not refs and not starting:
+                wait = min(s.ready_at for s in queue) - time.time()
+                time.sleep(min(max(wait, IDLE_SLEEP_S), WAIT_TIMEOUT_S))
+                self.reporter.tick()
+                continue
+            done, _ = ray.wait([*refs, *starting], num_returns=1, timeout=WAIT_TIMEOUT_S)
+            for ref in done:
+                if ref in starting:
+                    fleet.on_ready(starting[ref])
+                    continue
+                slot = refs[ref]
+                shard, generation = slot.in_flight.pop(ref)
+                self._settle(ref, slot, shard, generation, queue)
+            self.progress.shards_in_flight = sum(len(s.in_flight) for s in fleet.slots)
+            self.reporter.tick()
+
+    def _fill(self, queue: collections.deque) -> None:
+        """Queue ready shards on ready actors, up to ``shards_per_actor`` each."""
+        now = time.time()
+        for slot in self.fleet.slots:
+            if not slot.ready:
+                continue
+            while len(slot.in_flight) < self.config.shards_per_actor:
+                shard = _pop_ready(queue, now)
+                if shard is None:
+                    return
+                shard.attempts += 1
+                try:
+                    objects = read_shard(
+                        self.ledger.storage, self.ledger.layout, self.run_id, shard.shard_id
+                    )
+                except (StorageError, OSError) as exc:  # the store failing past its retries
+                    self._retry(shard, f"reading the shard's plan: {exc}", queue)
+                    continue
+                task = ShardTask(
+                    run_id=self.run_id,
+                    shard_id=shard.shard_id,
+                    attempt=shard.attempts,
+                    attempt_token=new_attempt_token(shard.attempts),
+                    output_root=self.ledger.layout.root,
+                    objects=objects,
+                )
+                ref = slot.handle.process_shard.remote(task)
+                slot.in_flight[ref] = (shard, slot.generation)
+
+    def _settle(self, ref, slot: Slot, shard: _Shard, generation: int, queue) -> None:
+        """A shard's task finished: commit it, or retry it (replacing a dead actor)."""
+        try:
+            result: ShardResult = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if generation == slot.generation:
+                self.fleet.replace(slot, one_line(exc))
+            if preempted(exc):
+                shard.attempts -= 1  # a lost node is not the shard's fault
+            self._retry(shard, f"actor died: {one_line(exc)}", queue)
+            return
+        except ray.exceptions.RayTaskError as exc:
+            self._retry(shard, one_line(getattr(exc, "cause", None) or exc), queue)
+            return
+        counts = shard_counts(result)
+        faults.before_commit()
+        try:
+            self.ledger.commit(
+                self.run_id, shard.shard_id, result.attempt_token, counts, attempt=result.attempt
+            )
+        except (StorageError, OSError) as exc:
+            self._retry(shard, f"commit: {exc}", queue)
+            return
+        self.processed.append(shard.shard_id)
+        self.fleet.worked(slot, generation)
+        self.progress.add_committed(counts, this_session=True)
+        self.progress.failed_shards.pop(str(shard.shard_id), None)
+
+    def _retry(self, shard: _Shard, reason: str, queue) -> None:
+        """Requeue ``shard`` after a backoff, or mark it failed once out of attempts."""
+        shard.last_error = reason
+        if shard.attempts >= self.config.max_attempts:
+            logger.error(
+                "shard %d failed after %d attempts: %s", shard.shard_id, shard.attempts, reason
+            )
+            self.progress.shards_failed += 1
+            self.progress.failed_shards[str(shard.shard_id)] = reason
+            try:
+                self.ledger.mark_failed(self.run_id, shard.shard_id, reason, shard.attempts)
+            except (StorageError, OSError) as exc:  # the run record still counts it
+                logger.error("could not mark shard %d failed: %s", shard.shard_id, exc)
+            return
+        delay = backoff_s(shard.attempts, RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S)
+        logger.warning(
+            "shard %d attempt %d failed (%s); retrying in %.1f s",
+            shard.shard_id,
+            shard.attempts,
+            reason,
+            delay,
+        )
+        self.progress.shard_retries += 1
+        shard.ready_at = time.time() + delay
+        queue.append(shard)
+
+    def _count_committed(self, committed: dict) -> None:
+        """Fold earlier sessions' committed shards into the progress counters."""
+        if not committed:
+            return
+        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+            counts = list(
+                pool.map(
+                    lambda m: self.ledger.read_commit_counts(self.run_id, m), committed.values()
+                )
+            )
+        for shard in counts:
+            self.progress.add_committed(shard, this_session=False)
+
+
+def _pop_ready(queue: collections.deque, now: float) -> _Shard | None:
+    """The first queued shard whose backoff is over (the others keep their order)."""
+    for _ in range(len(queue)):
+        shard = queue.popleft()
+        if shard.ready_at <= now:
+            return shard
+        queue.append(shard)
+    return None

@@ -1,0 +1,107 @@
+"""The values an actor works with: how it runs (:class:`ActorConfig`), one attempt at one shard
+(:class:`ShardTask`) and what that attempt wrote (:class:`ShardResult`).
+
+Plain frozen dataclasses: they cross the Ray boundary by pickling and import without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.worker.decode_modes import DECODE_AUTO, DECODE_MODES
+from yolov4.imageio import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    from pipeline.store.sources import SourceObject
+
+
+#: Images per forward pass unless a run or a benchmark says otherwise.
+DEFAULT_BATCH_SIZE = 8
+#: Concurrent object reads per actor: enough to hide S3's first-byte latency behind a batch.
+DEFAULT_FETCH_THREADS = 16
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """How an actor runs: batching, I/O concurrency, decoding, limits and device.
+
+    ``lookahead``: images fetched or decoded ahead of the model (bounds memory); default
+    ``max(fetch_threads, 2 * batch_size)``. ``decode``: one of :data:`DECODE_MODES`.
+    ``compile``: the detector's ``torch.compile`` option.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    fetch_threads: int = DEFAULT_FETCH_THREADS
+    decode_threads: int | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    device: str = "cpu"
+    precision: str = "fp32"
+    torch_threads: int | None = None
+    lookahead: int | None = None
+    decode: str = DECODE_AUTO
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        for name in ("batch_size", "fetch_threads", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("decode_threads", "torch_threads", "lookahead"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None), got {value}")
+
+    @property
+    def window(self) -> int:
+        return self.lookahead or max(self.fetch_threads, 2 * self.batch_size)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One attempt at one shard: what to read (in plan order) and where to write."""
+
+    run_id: str
+    shard_id: int
+    attempt: int
+    attempt_token: str
+    output_root: str
+    objects: tuple[SourceObject, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objects", tuple(self.objects))
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard attempt wrote, with counts and timings.
+
+    Timings in seconds: ``seconds`` wall time of the attempt; ``detect_seconds`` in the model
+    (preprocessing, forward, decode, NMS, copy to host); ``fetch_seconds`` / ``decode_seconds``
+    summed over the I/O and decode threads; ``wait_seconds`` the model side spent waiting for
+    decoded images (near zero when I/O keeps up); ``queued_seconds`` waiting for the model to
+    finish the shards that arrived before this one (its first images load meanwhile);
+    ``write_seconds`` serialising and writing the Parquet files.
+    """
+
+    run_id: str
+    shard_id: int
+    attempt: int
+    attempt_token: str
+    files: dict[str, str]
+    num_images: int
+    num_ok: int
+    num_errors: int
+    num_detections: int
+    bytes_read: int
+    seconds: float
+    detect_seconds: float
+    fetch_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    write_seconds: float = 0.0
+    num_batches: int = 0
+    bytes_written: int = 0
+    queued_seconds: float = 0.0
