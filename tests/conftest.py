@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ pytest_plugins = ["tests.conftest_s3"]
 
 # Read at import time, before any test's monkeypatch can change the environment.
 _SESSION_CACHE = os.environ.get(CACHE_ENV_VAR) or None
+
+# A suite started with SIGINT ignored (under nohup, or as a background job of a shell without
+# job control) passes the ignore on to every process it starts, and the Ctrl-C tests could not
+# interrupt the CLI they run. Python's own handler is reset to the default across exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
