@@ -354,14 +354,17 @@ LONG_DRIVER_KILLS = 15
 #: Actor kills in the long test, at random moments of one larger run.
 LONG_ACTOR_KILLS = 8
 LONG_INPUTS = 24
+#: Enough shards that a run outlasts LONG_ACTOR_KILLS kills with progress between them (with
+#: 24 inputs the other actor's commits could finish the run after six).
+LONG_ACTOR_KILL_INPUTS = 48
 
 
 def commits_of(output: Path) -> list[Path]:
     return list(output.glob("_runs/*/commits/shard-*.json"))
 
 
-def long_job(tmp_path: Path, sample_images) -> tuple[Path, Path, dict]:
-    inputs = [Input(f"long/{i // 6}/photo {i}.jpg", photo=i % 2) for i in range(LONG_INPUTS)]
+def long_job(tmp_path: Path, sample_images, count: int = LONG_INPUTS) -> tuple[Path, Path, dict]:
+    inputs = [Input(f"long/{i // 6}/photo {i}.jpg", photo=i % 2) for i in range(count)]
     source, output = tmp_path / "photos", tmp_path / "results"
     return source, output, write_local_source(source, inputs, sample_images)
 
@@ -410,7 +413,7 @@ def test_long_driver_killed_at_many_random_moments(cli, cache, tmp_path, sample_
 
 @pytest.mark.long
 def test_long_actors_killed_throughout_a_run(cli, cache, tmp_path, sample_images, reference):
-    source, output, expected = long_job(tmp_path, sample_images)
+    source, output, expected = long_job(tmp_path, sample_images, LONG_ACTOR_KILL_INPUTS)
     seed = int(time.time())
     rng = random.Random(seed)
     args = run_args(
