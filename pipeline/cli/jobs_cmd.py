@@ -240,6 +240,7 @@ def _fill_rayjob(job: dict, spec: JobSpec, *, image, worker_image, service_accou
         for container in head["containers"]:
             container["image"] = image
     head["serviceAccountName"] = service_account
+    config = spec.run_config()
     for group in cluster["workerGroupSpecs"]:
         pod = group["template"]["spec"]
         pod["serviceAccountName"] = service_account
@@ -247,7 +248,6 @@ def _fill_rayjob(job: dict, spec: JobSpec, *, image, worker_image, service_accou
             if worker_image:
                 container["image"] = worker_image
         gpus = float(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-        config = spec.run_config()
         if config.actors and config.gpus_per_actor and gpus:
             needed = int(config.actors * config.gpus_per_actor)
             group["maxReplicas"] = max(1, -(-needed // int(gpus)))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -198,9 +199,7 @@ class Setting:
 
     def default(self) -> Any:
         """The value a run gets when nothing sets it (``RunConfig``'s)."""
-        from pipeline.run.config import RunConfig
-
-        return get_field(RunConfig(source="", output=""), self.field)
+        return get_field(_default_config(), self.field)
 
     def checked(self, value: Any) -> Any:
         """``value`` converted and validated; ``ValueError`` names the setting and the fix."""
@@ -210,9 +209,6 @@ class Setting:
             where = f"`{self.spec_key}` / {self.option}" if self.spec_key else self.option
             raise ValueError(f"{self.name} {value!r} is not {bad.accepted}; fix {where}") from None
 
-
-_INT = int
-_FLOAT = float
 
 SETTINGS: tuple[Setting, ...] = (
     # data
@@ -230,11 +226,11 @@ SETTINGS: tuple[Setting, ...] = (
     # inference
     Setting("input_size", "detector.input_size", input_size,
             "network input size (multiple of 32; default: the model's)", GROUP_INFERENCE,
-            cli_type=_INT, aliases=("--size",), metavar="PIXELS"),
+            cli_type=int, aliases=("--size",), metavar="PIXELS"),
     Setting("conf", "detector.conf_threshold", number(0.0, 1.0), "score threshold",
-            GROUP_INFERENCE, cli_type=_FLOAT),
+            GROUP_INFERENCE, cli_type=float),
     Setting("iou", "detector.nms_threshold", number(0.0, 1.0), "NMS overlap threshold",
-            GROUP_INFERENCE, cli_type=_FLOAT),
+            GROUP_INFERENCE, cli_type=float),
     Setting("nms", "detector.nms_kind", choice(NMS_KINDS), "NMS overlap (default: the model's)",
             GROUP_INFERENCE),
     Setting("resize", "detector.resize", choice(RESIZE_MODES),
@@ -242,25 +238,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("classes", "detector.classes", class_list,
             "class names or ids to keep (comma-separated on the command line)", GROUP_INFERENCE),
     Setting("max_det", "detector.max_detections", integer(1), "detections per image",
-            GROUP_INFERENCE, cli_type=_INT),
+            GROUP_INFERENCE, cli_type=int),
     Setting("precision", "precision", choice(PRECISIONS),
             "fp16: CUDA; bf16: CUDA, or CPUs with AVX512-BF16 or AMX (about 2x fp32)",
             GROUP_INFERENCE, actor_field="precision"),
     # resources
     Setting("actors", "actors", integer(1),
             "detector actors (default: one per GPU, or one per CPU)", GROUP_RESOURCES,
-            section=RESOURCES, cli_type=_INT),
+            section=RESOURCES, cli_type=int),
     Setting("gpus_per_actor", "gpus_per_actor", number(0.0),
             "GPUs per actor (0 = CPU; 0.5 shares a GPU)", GROUP_RESOURCES, section=RESOURCES,
-            cli_type=_FLOAT),
+            cli_type=float),
     Setting("cpus_per_actor", "cpus_per_actor", number(0.0, above=True),
-            "CPUs per actor (default: 1)", GROUP_RESOURCES, section=RESOURCES, cli_type=_FLOAT),
+            "CPUs per actor (default: 1)", GROUP_RESOURCES, section=RESOURCES, cli_type=float),
     Setting("batch_size", "batch_size", integer(1), "images per batch", GROUP_RESOURCES,
-            section=RESOURCES, cli_type=_INT, actor_field="batch_size"),
+            section=RESOURCES, cli_type=int, actor_field="batch_size"),
     Setting("shard_size", "shard_size", integer(1), "images per shard", GROUP_RESOURCES,
-            section=RESOURCES, cli_type=_INT),
+            section=RESOURCES, cli_type=int),
     Setting("fetch_threads", "fetch_threads", integer(1), "concurrent reads per actor",
-            GROUP_RESOURCES, section=RESOURCES, cli_type=_INT, actor_field="fetch_threads"),
+            GROUP_RESOURCES, section=RESOURCES, cli_type=int, actor_field="fetch_threads"),
     Setting("decode", "decode", choice(DECODE_MODES),
             "image decoding: cpu (full size: darknet's exact input), gpu (nvJPEG, for JPEGs), "
             "draft (large JPEGs at reduced scale, faster, detections within a stated "
@@ -272,15 +268,15 @@ SETTINGS: tuple[Setting, ...] = (
             GROUP_RESOURCES, cli_type=None, actor_field="compile"),
     Setting("max_attempts", "max_attempts", integer(1),
             "attempts per shard before it is marked failed", GROUP_RESOURCES, section=None,
-            cli_type=_INT),
+            cli_type=int),
     Setting("shards_per_actor", "shards_per_actor", integer(1),
             "shards queued on each actor (one running, the next loading)", GROUP_RESOURCES,
-            section=None, cli_type=_INT),
+            section=None, cli_type=int),
     Setting("max_image_bytes", "max_image_bytes", integer(1),
-            "larger objects become error rows", GROUP_RESOURCES, section=None, cli_type=_INT,
+            "larger objects become error rows", GROUP_RESOURCES, section=None, cli_type=int,
             actor_field="max_image_bytes"),
     Setting("max_image_pixels", "max_image_pixels", integer(1),
-            "larger images become error rows", GROUP_RESOURCES, section=None, cli_type=_INT,
+            "larger images become error rows", GROUP_RESOURCES, section=None, cli_type=int,
             actor_field="max_image_pixels"),
     # object storage
     Setting("endpoint_url", "s3.endpoint_url", http_url,
@@ -290,11 +286,11 @@ SETTINGS: tuple[Setting, ...] = (
             GROUP_S3, section=S3, flag="--region", metavar="REGION"),
     Setting("read_timeout_s", "s3.read_timeout_s", number(0.0, above=True),
             "longest wait for the next bytes of an S3 response", GROUP_S3, section=S3,
-            cli_type=_FLOAT, flag="--s3-read-timeout", metavar="SECONDS"),
+            cli_type=float, flag="--s3-read-timeout", metavar="SECONDS"),
     Setting("max_attempts", "s3.max_attempts", integer(1),
             "attempts per S3 request, the first included (default: AWS_MAX_ATTEMPTS, else "
             "botocore's standard mode with 8); failed image reads are also retried per image, "
-            "then per shard", GROUP_S3, section=S3, cli_type=_INT, flag="--s3-max-attempts",
+            "then per shard", GROUP_S3, section=S3, cli_type=int, flag="--s3-max-attempts",
             metavar="N"),
     # Ray
     Setting("ray_address", "ray_address", string,
@@ -303,13 +299,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("actor_start_timeout_s", "actor_start_timeout_s", number(0.0, above=True),
             "how long an actor may take to be placed and load the model before the run goes "
             "on without it (or stops, if no actor started)", GROUP_RAY, section=None,
-            cli_type=_FLOAT, flag="--actor-start-timeout", metavar="SECONDS"),
+            cli_type=float, flag="--actor-start-timeout", metavar="SECONDS"),
 )  # fmt: skip
 
 BY_FIELD = {s.field: s for s in SETTINGS}
 INFERENCE_SETTINGS = tuple(s for s in SETTINGS if s.group == GROUP_INFERENCE)
 S3_SETTINGS = tuple(s for s in SETTINGS if s.section == S3)
 ACTOR_SETTINGS = tuple(s for s in SETTINGS if s.actor_field)
+
+
+@functools.cache
+def _default_config() -> Any:
+    """A ``RunConfig`` with every default (imported here: ``RunConfig`` validates with this
+    module)."""
+    from pipeline.run.config import RunConfig
+
+    return RunConfig(source="", output="")
 
 
 def get_field(obj: Any, path: str) -> Any:

@@ -317,10 +317,6 @@ class S3Storage:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-#: Seconds to wait after failed try ``attempt`` (1-based): exponential, capped, with full
-#: jitter so that many workers throttled together do not retry together.
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure the same operation may not meet again later: throttling,
     a 5xx, a timeout, a dropped connection or a body that broke while being read."""
