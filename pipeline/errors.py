@@ -15,3 +15,8 @@ EXIT_INTERRUPTED = 130
 
 class RunError(Exception):
     """The run cannot start or go on; the message says why and what to do."""
+
+
+class OutputError(Exception):
+    """An output's results tables cannot be used as they are (an output of an earlier version,
+    or a commit another driver contests); the message says what to do."""

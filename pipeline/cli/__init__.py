@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OutputError, RunError
 from pipeline.store.storage import StorageError
 from yolov4.errors import YoloError
 
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         YoloError,
         RunError,
+        OutputError,
         ValueError,
         FileNotFoundError,
         IsADirectoryError,

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.run.lease import read_lease
+from pipeline.store.committed import open_tables
 from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
@@ -47,6 +48,14 @@ def collect_status(output: str, run_id: str | None, s3: S3Options) -> dict:
         live = {}
     if live.get("run_id") == run_id:
         record["live"] = live
+    # The log's view of the run (its statistics only): right even when the record is stale.
+    committed = open_tables(output, s3).committed_shards(run_id)
+    record["log"] = {
+        "shards_committed": len(committed),
+        "images": sum(c.images for c in committed.values()),
+        "images_error": sum(c.errors for c in committed.values()),
+        "detections": sum(c.detections for c in committed.values()),
+    }
     failures = ledger.failures(run_id)
     record["failed_shards"] = {str(k): v.get("reason") for k, v in sorted(failures.items())}
     lease = read_lease(storage, output)
@@ -60,20 +69,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
     live = status.get("live", {})
+    log = status["log"]
     total = status.get("num_images") or live.get("images_total") or 0
-    done = live.get("images_done", status["images_ok"] + status["images_error"])
+    done = live.get("images_done", log["images"])
     print(f"run        {status['run_id']}  ({status['status']})")
     print(f"source     {status['source']}")
     print(
         f"model      {status['model'].get('model')}  sha256 {status['model'].get('weights_sha256')}"
     )
     started, finished = _when(status.get("started_at")), _when(status.get("finished_at"))
-    errors = live.get("images_error", status["images_error"])
+    errors = live.get("images_error", log["images_error"])
     print(f"started    {started}   finished {finished}")
     print(f"images     {done:,} of {total:,} done; errors {errors:,}")
-    print(f"detections {live.get('detections', status['detections']):,}")
+    print(f"detections {live.get('detections', log['detections']):,}")
     print(
-        f"shards     {live.get('shards_committed', status['shards_committed'])} of "
+        f"shards     {live.get('shards_committed', log['shards_committed'])} of "
         f"{status.get('num_shards') or live.get('shards_total', 0)} committed, "
         f"{len(status['failed_shards'])} failed"
     )

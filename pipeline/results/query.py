@@ -9,9 +9,10 @@ Views:
 - ``tombstones``: ``image_uri``, ``run_id`` of the objects incremental runs found deleted.
 - ``runs``: one row per run record.
 
-Only files named by commit markers are read (:mod:`pipeline.store.committed`), so partial or
-retried shards never show. Parquet is handed to DuckDB as Arrow datasets, because DuckDB's own
-S3 extension would need downloading.
+The tables are Delta Lake tables read through their logs (:mod:`pipeline.store.committed`), so
+partial or retried shards never show; they reach DuckDB as Arrow datasets (DuckDB's own Delta
+and S3 extensions would need downloading), and a filter on ``run_id`` reads only that run's
+partition.
 """
 
 from __future__ import annotations
@@ -22,18 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
 
-from pipeline.store.committed import (
-    arrow_filesystem,
-    committed_files,
-    fs_path,
-    register_tombstones,
-)
-from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
+from pipeline.store.committed import open_tables, register_tables
+from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
-from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA
 from pipeline.store.storage import storage_for
 from pipeline.store.uris import normalize
 
@@ -59,19 +53,10 @@ def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPy
     output = normalize(output)
     storage = storage_for(output, s3_options)
     ledger = Ledger(storage, OutputLayout(output))
-    files = committed_files(output, s3_options)
-    filesystem = arrow_filesystem(output, s3_options)
+    tables = open_tables(output, s3_options)
     con = duckdb.connect()
-    for table, schema in ((DETECTIONS_TABLE, DETECTIONS_SCHEMA), (IMAGES_TABLE, IMAGES_SCHEMA)):
-        paths = [fs_path(uri) for uri in files[table]]
-        dataset = (
-            ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem)
-            if paths
-            else schema.empty_table()
-        )
-        con.register(f"all_{table}_arrow", dataset)
-        con.execute(f"CREATE VIEW all_{table} AS SELECT * FROM all_{table}_arrow")
-    register_tombstones(con, output, s3_options, filesystem=filesystem)
+    con.execute("SET enable_progress_bar = false")  # it would print to stdout
+    register_tables(con, tables)
     con.execute(
         """
         CREATE VIEW images AS

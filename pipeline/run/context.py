@@ -17,6 +17,7 @@ from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
 from pipeline.store.sources import Source, open_source
 from pipeline.store.storage import Storage, storage_for
+from pipeline.store.tables import ResultTables
 from pipeline.store.uris import normalize
 
 #: Prefix of a source given as a manifest file; such a source URI is kept as written.
@@ -28,7 +29,8 @@ class RunContext:
     """One run's settings and the places it reads and writes.
 
     ``source_uri`` and ``output_uri`` are normalised (a manifest source is kept as given);
-    ``storage`` is the output's; ``lease`` is not yet acquired when the context is opened.
+    ``storage`` is the output's; ``tables`` its Delta tables (created when the run opens);
+    ``lease`` is not yet acquired when the context is opened.
     """
 
     config: RunConfig
@@ -38,6 +40,7 @@ class RunContext:
     storage: Storage
     layout: OutputLayout
     ledger: Ledger
+    tables: ResultTables
     lease: Lease
 
     @classmethod
@@ -62,5 +65,6 @@ class RunContext:
             storage=storage,
             layout=layout,
             ledger=Ledger(storage, layout),
+            tables=ResultTables(output_uri, config.s3),
             lease=Lease(storage, output_uri, job=config.job_name),
         )

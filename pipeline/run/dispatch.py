@@ -6,8 +6,9 @@ so the next one's input loads while the model finishes the one before and the mo
 waits on a Parquet write (:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task
 raised is retried on any live actor after a backoff, up to ``max_attempts``; a dead actor is
 replaced (:mod:`~pipeline.run.fleet`) and its shards requeued, and a preempted node's shard
-does not use up an attempt. A shard out of attempts is marked failed; the rest go on. A shard's
-commit marker is written after its files, so readers see only committed shards.
+does not use up an attempt. A shard out of attempts is marked failed; the rest go on. A
+finished shard's files are added to the results tables' logs in batches
+(:class:`~pipeline.run.commits.CommitBatcher`), so readers see only committed shards.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ray
 import ray.exceptions
 
-from pipeline import faults
 from pipeline.run.actors import actor_count
+from pipeline.run.commits import CommitBatcher
 from pipeline.run.context import RunContext
 from pipeline.run.fleet import ActorFleet, Slot
 from pipeline.run.plan import PlanSummary, read_shard
@@ -30,6 +30,7 @@ from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.ray_cluster import init_ray, one_line, preempted
 from pipeline.store.ledger import ShardCounts, new_attempt_token
 from pipeline.store.storage import StorageError
+from pipeline.store.tables import ShardFiles
 from pipeline.worker import ShardResult, ShardTask
 from pipeline.worker.model_spec import ModelSpec
 from yolov4.retry import backoff_s
@@ -43,8 +44,6 @@ RETRY_BACKOFF_MAX_S = 30.0
 WAIT_TIMEOUT_S = 1.0
 #: Shortest sleep while every queued shard waits out its backoff.
 IDLE_SLEEP_S = 0.01
-#: Threads reading earlier sessions' commit markers' counts on resume.
-MARKER_READ_THREADS = 16
 
 
 @dataclass
@@ -59,7 +58,7 @@ class _Shard:
 
 
 def shard_counts(result: ShardResult) -> ShardCounts:
-    """The counts a shard attempt reported, as its commit marker records them."""
+    """The counts a shard attempt reported."""
     return ShardCounts(
         images=result.num_images,
         ok=result.num_ok,
@@ -97,15 +96,22 @@ class Dispatcher:
         self.reporter = reporter
         self.fleet: ActorFleet | None = None
         self.processed: list[int] = []
+        self.commits = CommitBatcher(context.tables, self.run_id, self._committed)
+        self._marked_failed: set[int] = set()
 
     def run(self) -> list[int]:
         """Dispatch until done; returns the ids of the shards this call committed."""
-        committed = self.ledger.commits(self.run_id)
-        self._count_committed(committed)
+        tables = self.context.tables
+        tables.create()
+        self.processed.extend(tables.reconcile(self.run_id, self.ledger.storage))
+        committed = tables.committed_shards(self.run_id)
+        self._marked_failed = set(self.ledger.failures(self.run_id))
+        for counts in committed.values():
+            self.progress.add_committed(counts, this_session=False)
         todo = [s for s in range(self.plan.num_shards) if s not in committed]
         if not todo:
             logger.info("run %s: every shard is already committed", self.run_id)
-            return []
+            return self.processed
         self.progress.state = "starting actors"
         self.reporter.tick(force=True)
         init_ray(self.config)
@@ -114,9 +120,23 @@ class Dispatcher:
         queue = collections.deque(_Shard(s) for s in todo)
         try:
             self._loop(queue)
+            self.commits.close()
+        except KeyboardInterrupt:
+            self._commit_finished_before_stopping()
+            raise
         finally:
             self.fleet.stop()
         return self.processed
+
+    def _commit_finished_before_stopping(self) -> None:
+        """On Ctrl-C, one try at committing the shards that finished (best effort: what is
+        not committed runs again on resume)."""
+        if not len(self.commits):
+            return
+        try:
+            self.commits.flush(force=True)
+        except Exception as exc:  # noqa: BLE001 - interrupted either way; resume redoes them
+            logger.warning("could not commit finished shards while stopping: %s", exc)
 
     # ------------------------------------------------------------------ loop
     def _loop(self, queue: collections.deque) -> None:
@@ -131,6 +151,7 @@ class Dispatcher:
             if not refs and not starting:
                 wait = min(s.ready_at for s in queue) - time.time()
                 time.sleep(min(max(wait, IDLE_SLEEP_S), WAIT_TIMEOUT_S))
+                self.commits.flush()
                 self.reporter.tick()
                 continue
             done, _ = ray.wait([*refs, *starting], num_returns=1, timeout=WAIT_TIMEOUT_S)
@@ -142,6 +163,7 @@ class Dispatcher:
                 shard, generation = slot.in_flight.pop(ref)
                 self._settle(ref, slot, shard, generation, queue)
             self.progress.shards_in_flight = sum(len(s.in_flight) for s in fleet.slots)
+            self.commits.flush()
             self.reporter.tick()
 
     def _fill(self, queue: collections.deque) -> None:
@@ -187,19 +209,16 @@ class Dispatcher:
         except ray.exceptions.RayTaskError as exc:
             self._retry(shard, one_line(getattr(exc, "cause", None) or exc), queue)
             return
-        counts = shard_counts(result)
-        faults.before_commit()
-        try:
-            self.ledger.commit(
-                self.run_id, shard.shard_id, result.attempt_token, counts, attempt=result.attempt
-            )
-        except (StorageError, OSError) as exc:
-            self._retry(shard, f"commit: {exc}", queue)
-            return
-        self.processed.append(shard.shard_id)
+        self.commits.add(ShardFiles(shard.shard_id, result.files), shard_counts(result))
         self.fleet.worked(slot, generation)
+
+    def _committed(self, shard_id: int, counts: ShardCounts) -> None:
+        """A shard's files are in the logs: count it, and clear an earlier failure mark."""
+        self.processed.append(shard_id)
         self.progress.add_committed(counts, this_session=True)
-        self.progress.failed_shards.pop(str(shard.shard_id), None)
+        self.progress.failed_shards.pop(str(shard_id), None)
+        if shard_id in self._marked_failed:
+            self.ledger.clear_failed(self.run_id, shard_id)
 
     def _retry(self, shard: _Shard, reason: str, queue) -> None:
         """Requeue ``shard`` after a backoff, or mark it failed once out of attempts."""
@@ -226,19 +245,6 @@ class Dispatcher:
         self.progress.shard_retries += 1
         shard.ready_at = time.time() + delay
         queue.append(shard)
-
-    def _count_committed(self, committed: dict) -> None:
-        """Fold earlier sessions' committed shards into the progress counters."""
-        if not committed:
-            return
-        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
-            counts = list(
-                pool.map(
-                    lambda m: self.ledger.read_commit_counts(self.run_id, m), committed.values()
-                )
-            )
-        for shard in counts:
-            self.progress.add_committed(shard, this_session=False)
 
 
 def _pop_ready(queue: collections.deque, now: float) -> _Shard | None:

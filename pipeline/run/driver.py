@@ -27,10 +27,13 @@ ledger, lease):
    retried on any live actor after a backoff, up to ``max_attempts``; a dead actor is replaced
    and its shards requeued (a preempted node's shard does not use up an attempt). A shard out
    of attempts is marked failed; the rest go on.
-7. **Commit** (:mod:`pipeline.run.dispatch`, :class:`~pipeline.store.ledger.Ledger`): after a
-   shard's files are written, its commit marker with the shard's
-   :class:`~pipeline.store.ledger.ShardCounts`; readers see only committed shards.
-8. **Finish** (:mod:`pipeline.run.records`): the run record and ``_status.json``
+7. **Commit** (:mod:`pipeline.run.commits`, :mod:`pipeline.store.tables`): finished shards'
+   files are added to the ``detections`` and ``images`` Delta logs in batches, idempotently;
+   readers see only committed shards. A resumed run first completes a batch that a killed
+   driver left half committed.
+8. **Tidy** (:mod:`pipeline.store.maintenance`): files of failed or abandoned attempts are
+   deleted, and a succeeded run's small files are compacted when that pays.
+9. **Finish** (:mod:`pipeline.run.records`): the run record and ``_status.json``
    (:mod:`pipeline.run.progress`) get the outcome; exit code
    :data:`~pipeline.errors.EXIT_OK`, :data:`~pipeline.errors.EXIT_FAILED_SHARDS` or
    :data:`~pipeline.errors.EXIT_INTERRUPTED` (in-flight shards stay uncommitted, resumable).
@@ -50,6 +53,7 @@ from pipeline.run.preflight import preflight
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.records import finish_run, open_run
 from pipeline.store.ledger import RUN_ERROR, RUN_FAILED_SHARDS, RUN_INTERRUPTED, RUN_SUCCEEDED
+from pipeline.store.maintenance import compact_run
 from pipeline.worker.model_spec import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -86,7 +90,7 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
 
 
 def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None) -> RunOutcome:
-    """Steps 3 to 8 of the lifecycle, with the output's lease held."""
+    """Steps 3 to 9 of the lifecycle, with the output's lease held."""
     config = context.config
     spec, weights = resolve_model(
         model=config.model.name,
@@ -129,6 +133,7 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
         reporter.close()
         raise
     failed = progress.shards_failed
+    _tidy(context, record.run_id, succeeded=not failed)
     message = record.message
     if failed:
         message = (
@@ -140,6 +145,19 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
     reporter.close()
     code = EXIT_FAILED_SHARDS if failed else EXIT_OK
     return RunOutcome(record.run_id, code, progress, processed, note=delta_note(record))
+
+
+def _tidy(context: RunContext, run_id: str, *, succeeded: bool) -> None:
+    """Delete the run's unreferenced attempt files; compact a succeeded run's small files.
+    Failures are logged: the results are committed either way."""
+    try:
+        removed = context.tables.remove_orphans(run_id, context.storage)
+        if removed:
+            logger.info("run %s: removed %d files of failed or abandoned attempts", run_id, removed)
+        if succeeded:
+            compact_run(context.tables, run_id)
+    except Exception as exc:  # noqa: BLE001 - tidying is optional; `yolo-batch compact` redoes it
+        logger.warning("run %s: could not tidy the results tables: %s", run_id, exc)
 
 
 __all__ = ["EXIT_FAILED_SHARDS", "EXIT_INTERRUPTED", "EXIT_OK", "RunError", "RunOutcome", "run"]

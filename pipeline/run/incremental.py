@@ -26,10 +26,11 @@ What counts as earlier state: committed ``images`` rows of earlier runs of the *
 - ``unchanged``: everything else.
 
 Objects of the earlier state missing from the listing are ``deleted``: counted in the run
-record and written as tombstones, ``OUTPUT/_deleted/RUN_ID/part-NNNNNN.parquet``
-(``image_uri``, ``run_id``). The ``images`` and ``detections`` views show the latest result
-per image and leave out an image whose latest event is a tombstone; an image that comes back
-is ``new`` again. A source without ETags (a manifest of bare URIs) only finds new URIs.
+record and written as tombstones, rows (``image_uri``, ``run_id``) of the Delta table
+``OUTPUT/tombstones`` (:meth:`pipeline.store.tables.ResultTables.replace_tombstones`).
+The ``images`` and ``detections`` views show the latest result per image and leave out an
+image whose latest event is a tombstone; an image that comes back is ``new`` again. A source
+without ETags (a manifest of bare URIs) only finds new URIs.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.run.plan import PlannedObject
-from pipeline.store.layout import deleted_dir, shard_name
+from pipeline.store.layout import TOMBSTONES_TABLE
 from pipeline.store.schema import PARQUET_COMPRESSION, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage
-from pipeline.store.uris import is_s3, join
+from pipeline.store.tables import ResultTables
+from pipeline.store.uris import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ logger = logging.getLogger(__name__)
 LISTING_BATCH_ROWS = 50_000
 #: Objects per batch read back from the delta query.
 RESULT_BATCH_ROWS = 10_000
-#: Tombstones per deleted-objects file.
-DELETED_FILE_ROWS = 1_000_000
 #: DuckDB's memory cap for the delta; beyond it, DuckDB spills to the temporary folder, so the
 #: driver's memory stays bounded however many images are committed (docs/performance.md,
 #: "Incremental planning", has a measured run).
@@ -115,9 +115,9 @@ class Delta:
     ``s3://`` URIs read through ``storage``); without them, the connection's ``all_images``
     view is read (an Arrow scan: fine for tests, unbounded in memory at scale).
 
-    ``connection`` must have the view ``tombstones`` (``image_uri``, ``run_id``) registered
-    (:func:`pipeline.results.query.register_tombstones`), and ``all_images`` too when no
-    ``earlier_files`` are given (:func:`pipeline.results.query.connect` registers both);
+    ``connection`` must have the view ``tombstones`` (``image_uri``, ``run_id``) registered,
+    and ``all_images`` too when no ``earlier_files`` are given
+    (:func:`pipeline.store.committed.register_tables` registers both);
     ``earlier_runs`` are the run ids whose rows count as earlier state.
     """
 
@@ -239,43 +239,23 @@ class Delta:
             for uri, size, etag in zip(columns["uri"], columns["size"], columns["etag"]):
                 yield PlannedObject(uri, size, etag)
 
-    def write_tombstones(self, storage: Storage, output_uri: str, run_id: str) -> int:
-        """Write the deleted objects' tombstones under ``_deleted/RUN_ID/``; returns how many
-        files. Earlier files of the same run (a resumed plan) are replaced."""
-        folder = deleted_dir(output_uri, run_id)
-        for info in list(storage.list(folder.rstrip("/") + "/")):
-            storage.delete(info.uri)
-        if not self.counts.objects_deleted:
+    def write_tombstones(self, tables: ResultTables, run_id: str) -> int:
+        """Make the deleted objects ``run_id``'s tombstones (replacing those of an earlier
+        attempt at the same plan); streamed, never held whole. Returns how many."""
+        if (
+            not self.counts.objects_deleted
+            and not tables.run_files(TOMBSTONES_TABLE, run_id).num_rows
+        ):
             return 0
         reader = self._batches(
-            "SELECT p.image_uri FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
+            f"SELECT p.image_uri, '{_sql_text(run_id)}' AS run_id "
+            "FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
         )
-        files = 0
-        pending: list[pa.Array] = []
-        rows = 0
-
-        def flush() -> None:
-            nonlocal files, pending, rows
-            uris = pa.concat_arrays(pending)
-            table = pa.table(
-                {"image_uri": uris, "run_id": pa.array([run_id] * len(uris), pa.string())},
-                schema=TOMBSTONE_SCHEMA,
-            )
-            sink = io.BytesIO()
-            pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
-            name = f"{shard_name(files).replace('shard', 'part')}.parquet"
-            storage.write_bytes(join(folder, name), sink.getvalue())
-            files += 1
-            pending, rows = [], 0
-
-        for batch in reader:
-            pending.append(batch.column(0).cast(pa.string()))
-            rows += batch.num_rows
-            if rows >= DELETED_FILE_ROWS:
-                flush()
-        if rows:
-            flush()
-        return files
+        rows = pa.RecordBatchReader.from_batches(
+            TOMBSTONE_SCHEMA, (batch.cast(TOMBSTONE_SCHEMA) for batch in reader)
+        )
+        tables.replace_tombstones(run_id, rows)
+        return self.counts.objects_deleted
 
     def _batches(self, sql: str) -> pa.RecordBatchReader:
         """``sql``'s result as a stream of record batches (never one whole table)."""

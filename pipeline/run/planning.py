@@ -19,9 +19,10 @@ from pipeline.run.context import RunContext
 from pipeline.run.incremental import Delta
 from pipeline.run.plan import PlanSummary, read_plan_summary, write_plan
 from pipeline.run.progress import ProgressReporter, RunProgress
-from pipeline.store.committed import committed_files, register_tombstones
-from pipeline.store.layout import IMAGES_TABLE, data_file_run_id
+from pipeline.store.committed import register_tables
+from pipeline.store.layout import IMAGES_TABLE
 from pipeline.store.ledger import Ledger, RunRecord
+from pipeline.store.tables import PARTITION_COLUMN, ResultTables
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +95,16 @@ def _write_plan(
 def _plan_incremental(context: RunContext, record: RunRecord, plan_args: dict) -> PlanSummary:
     """Plan only the objects that are new or changed since earlier runs of the same source,
     and write the deleted objects' tombstones; the counts go into ``record``."""
-    ledger, s3_options = context.ledger, context.config.s3
+    ledger = context.ledger
     earlier = _earlier_runs(ledger, record.run_id, context.source_uri)
-    files = committed_files(ledger.layout.root, s3_options)
-    # The delta reads the committed files itself; of the result views it needs tombstones only.
+    tables = context.tables
+    tables.create()
+    # The delta reads the earlier runs' committed files itself (their partitions only); of the
+    # result views it needs tombstones only.
     connection = duckdb.connect()
-    register_tombstones(connection, ledger.layout.root, s3_options)
+    register_tables(connection, tables)
     started = time.perf_counter()
-    runs = set(earlier)
-    earlier_files = [uri for uri in files[IMAGES_TABLE] if data_file_run_id(uri) in runs]
+    earlier_files = _earlier_files(tables, earlier)
     with Delta(
         connection,
         context.source.iter_objects(),
@@ -124,8 +126,16 @@ def _plan_incremental(context: RunContext, record: RunRecord, plan_args: dict) -
         if not counts.to_process:
             record.message = f"nothing new or changed to process ({counts.summary()})"
         ledger.write_run(record)
-        delta.write_tombstones(ledger.storage, ledger.layout.root, record.run_id)
+        delta.write_tombstones(tables, record.run_id)
         return write_plan(delta.objects(), **plan_args)
+
+
+def _earlier_files(tables: ResultTables, run_ids: list[str]) -> list[str]:
+    """URIs of the committed ``images`` files of ``run_ids`` (their partitions, from the log)."""
+    table = tables.table(IMAGES_TABLE)
+    if table is None or not run_ids:
+        return []
+    return table.file_uris(partition_filters=[(PARTITION_COLUMN, "in", list(run_ids))])
 
 
 def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:

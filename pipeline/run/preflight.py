@@ -1,10 +1,12 @@
 """Step 1 of a run: stop before any work if the source cannot be read or the output not
-written, or if the output lies inside the source."""
+written, if the output lies inside the source, or if it holds results of an earlier version
+(they must be migrated first)."""
 
 from __future__ import annotations
 
 from pipeline.errors import RunError
 from pipeline.run.context import RunContext
+from pipeline.store.legacy import refuse_legacy
 from pipeline.store.storage import StorageError, TransientStorageError, storage_for
 from pipeline.store.uris import is_within, join
 
@@ -18,6 +20,7 @@ def preflight(context: RunContext) -> None:
     _check_output_outside_source(context)
     _check_source_readable(context)
     _check_output_writable(context)
+    refuse_legacy(context.ledger, images_table_exists=context.tables.exists())
 
 
 def _check_output_outside_source(context: RunContext) -> None:

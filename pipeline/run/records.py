@@ -29,6 +29,7 @@ def open_run(context: RunContext, spec: ModelSpec) -> RunRecord:
     model, other inference settings or another source.
     """
     config = context.config
+    context.tables.create()
     if not config.resume:
         record = RunRecord(
             run_id=config.run_id or new_run_id(),

@@ -5,17 +5,21 @@
     OUTPUT/
       _status.json                              progress of the latest run (refreshed)
       _lease.json                               the running run's lease (one run at a time)
-      _deleted/RUN_ID/part-000000.parquet       tombstones: objects an incremental run found gone
       _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
       _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
       _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order
-      _runs/RUN_ID/commits/shard-000012.TOKEN.json  commit marker: names shard 12's attempt
       _runs/RUN_ID/failed/shard-000012.json     shard 12 ran out of attempts (cleared on commit)
+      detections/_delta_log/                    Delta Lake log of the detections table
       detections/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
+      images/_delta_log/                        Delta Lake log of the images table
       images/run_id=RUN_ID/shard-000012-ATTEMPT.parquet
+      tombstones/_delta_log/                    objects incremental runs found gone (a Delta table)
+      tombstones/run_id=RUN_ID/part-....parquet
 
-Data files are named by shard and attempt token and become visible to readers only through
-the commit marker that names that token, so a retried shard's stray files never show up twice.
+``detections``, ``images`` and ``tombstones`` are Delta Lake tables partitioned by ``run_id``
+(:mod:`pipeline.store.tables`). Data files are named by shard and attempt token and become
+visible to readers only once the driver adds them to the table's log, so files of failed or
+retried attempts never show.
 
 No part of a path comes from an object key: paths are built from the run id, table names, shard
 numbers and attempt tokens only, and each of those must be one plain name segment
@@ -35,6 +39,9 @@ LEASE_FILE = "_lease.json"
 DELETED_DIR = "_deleted"
 DETECTIONS_TABLE = "detections"
 IMAGES_TABLE = "images"
+TOMBSTONES_TABLE = "tombstones"
+#: The log folder of a Delta table.
+DELTA_LOG_DIR = "_delta_log"
 SHARD_DIGITS = 6
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: The run id in a data file's path (``TABLE/run_id=RUN/shard-...parquet``).
@@ -113,10 +120,17 @@ class OutputLayout:
     def failed_marker(self, run_id: str, shard_id: int) -> str:
         return join(self.failed_dir(run_id), f"{shard_name(shard_id)}.json")
 
+    def table_root(self, table: str) -> str:
+        """The root of the Delta table ``table`` (its log is ``_delta_log/`` in it)."""
+        if table not in (DETECTIONS_TABLE, IMAGES_TABLE, TOMBSTONES_TABLE):
+            raise ValueError(
+                f"unknown table {table!r}: {DETECTIONS_TABLE}, {IMAGES_TABLE} or {TOMBSTONES_TABLE}"
+            )
+        return join(self.root, table)
+
     def table_dir(self, table: str, run_id: str) -> str:
-        if table not in (DETECTIONS_TABLE, IMAGES_TABLE):
-            raise ValueError(f"unknown table {table!r}: {DETECTIONS_TABLE} or {IMAGES_TABLE}")
-        return join(self.root, table, f"run_id={checked_segment(run_id, 'run id')}")
+        """The folder of ``run_id``'s partition of ``table``."""
+        return join(self.table_root(table), f"run_id={checked_segment(run_id, 'run id')}")
 
     def data_file(self, table: str, run_id: str, shard_id: int, attempt_token: str) -> str:
         token = checked_segment(attempt_token, "attempt token")

@@ -1,11 +1,15 @@
-"""The run ledger: run records, commit markers and failure markers under the output.
+"""The run ledger: run records and failure marks under the output.
 
 - ``run.json`` describes a run (configuration, model fingerprint, times, counts, outcome).
-- A shard is committed once its data files are written: its commit marker
-  ``commits/shard-NNNNNN.TOKEN.json`` names the attempt token, so readers find the shard's
-  files from a listing alone; the marker's body holds the shard's :class:`ShardCounts`.
 - ``failed/shard-NNNNNN.json`` records a shard that ran out of attempts; a later commit of the
   same shard (on resume) removes it.
+
+Which shards are committed is not here: the results tables' Delta logs decide it
+(:mod:`pipeline.store.tables`).
+
+Run records stay JSON documents rather than a Delta table: a run rewrites its record as it goes
+(start, resume, outcome), there is one per run (not per shard), and ``runs`` reads them in
+parallel, so the log would add a commit per update and nothing a reader needs.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout, shard_name
+from pipeline.store.layout import OutputLayout
 from pipeline.store.storage import Storage
-from pipeline.store.uris import join
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,7 @@ RUN_FAILED_SHARDS = "failed_shards"
 RUN_INTERRUPTED = "interrupted"
 RUN_ERROR = "error"
 
-_COMMIT_NAME = re.compile(r"shard-(\d+)\.([A-Za-z0-9_-]+)\.json$")
 _FAILED_NAME = re.compile(r"shard-(\d+)\.json$")
-_ATTEMPT = re.compile(r"^a(\d+)-")
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
 
 
@@ -46,30 +47,15 @@ def is_run_id(text: str) -> bool:
     return bool(_RUN_ID.match(text))
 
 
-def _attempt_order(marker: CommitMarker) -> tuple[int, str]:
-    """Sort key of a marker: its attempt number (``a12-…`` after ``a2-…``), then token."""
-    match = _ATTEMPT.match(marker.attempt_token)
-    return (int(match.group(1)) if match else -1, marker.attempt_token)
-
-
 def new_attempt_token(attempt: int) -> str:
     """A file-name-safe token unique to one attempt at one shard."""
     return f"a{attempt}-{secrets.token_hex(4)}"
 
 
-#: :class:`ShardCounts` fields and the commit marker keys that hold them (the on-disk names).
-MARKER_COUNT_KEYS = {
-    "images": "num_images",
-    "ok": "num_ok",
-    "errors": "num_errors",
-    "detections": "num_detections",
-}
-
-
 @dataclass(frozen=True)
 class ShardCounts:
     """What a committed shard (or a sum of them) holds: images read, of which ok and error,
-    and detections. Stored in a commit marker's body as :data:`MARKER_COUNT_KEYS`."""
+    and detections."""
 
     images: int = 0
     ok: int = 0
@@ -83,15 +69,6 @@ class ShardCounts:
             self.errors + other.errors,
             self.detections + other.detections,
         )
-
-    def to_marker(self) -> dict[str, int]:
-        """The counts as a commit marker's body holds them."""
-        return {key: getattr(self, name) for name, key in MARKER_COUNT_KEYS.items()}
-
-    @classmethod
-    def from_marker(cls, body: dict[str, Any]) -> ShardCounts:
-        """The counts of a commit marker's body; a key it lacks counts 0."""
-        return cls(**{name: body.get(key, 0) for name, key in MARKER_COUNT_KEYS.items()})
 
 
 @dataclass
@@ -145,15 +122,6 @@ class RunRecord:
         return cls(**known)
 
 
-@dataclass(frozen=True)
-class CommitMarker:
-    """A committed shard as a listing names it; its counts are in the body
-    (:meth:`Ledger.read_commit_counts`)."""
-
-    shard_id: int
-    attempt_token: str
-
-
 class Ledger:
     """Reads and writes one output's run records and markers."""
 
@@ -181,68 +149,17 @@ class Ledger:
         ids = self.run_ids()
         return ids[-1] if ids else None
 
-    # --------------------------------------------------------------- commits
-    def commit(
-        self,
-        run_id: str,
-        shard_id: int,
-        attempt_token: str,
-        counts: ShardCounts,
-        *,
-        attempt: int | None = None,
-    ) -> None:
-        """Write the shard's commit marker (after its data files), clearing a failure mark.
-
-        ``attempt``: the number of the attempt whose files ``attempt_token`` names, recorded
-        in the marker when given."""
-        name = f"{shard_name(shard_id)}.{attempt_token}.json"
-        fields = {"shard_id": shard_id, "attempt_token": attempt_token, **counts.to_marker()}
-        if attempt is not None:
-            fields["attempt"] = attempt
-        body = json.dumps(fields)
-        self.storage.write_bytes(join(self.layout.commits_dir(run_id), name), body.encode())
-        try:
-            self.storage.delete(self.layout.failed_marker(run_id, shard_id))
-        except OSError as exc:  # committed all the same: a stale mark is only cosmetic
-            logger.warning("shard %d committed; its old failure mark stays: %s", shard_id, exc)
-
-    def commits(self, run_id: str) -> dict[int, CommitMarker]:
-        """Committed shards by id, from the listing alone (counts not loaded).
-
-        A shard carries two markers only when a commit's write succeeded but its reply was
-        lost, and the driver ran the shard again: the later attempt's marker wins (by attempt
-        number, then token), a warning is logged, and that attempt's files alone are read.
-        """
-        found: dict[int, CommitMarker] = {}
-        for info in self.storage.list(_folder(self.layout.commits_dir(run_id))):
-            match = _COMMIT_NAME.search(info.uri)
-            if not match:
-                continue
-            shard_id = int(match.group(1))
-            marker = CommitMarker(shard_id, match.group(2))
-            if shard_id in found:
-                logger.warning("shard %d of run %s has two commit markers", shard_id, run_id)
-                marker = max(found[shard_id], marker, key=_attempt_order)
-            found[shard_id] = marker
-        return found
-
-    def read_commit_counts(self, run_id: str, marker: CommitMarker) -> ShardCounts:
-        """The counts in ``marker``'s body."""
-        name = f"{shard_name(marker.shard_id)}.{marker.attempt_token}.json"
-        body = json.loads(self.storage.read_bytes(join(self.layout.commits_dir(run_id), name)))
-        return ShardCounts.from_marker(body)
-
-    def data_files(self, run_id: str, marker: CommitMarker) -> dict[str, str]:
-        """The committed shard's data file URIs by table."""
-        return {
-            table: self.layout.data_file(table, run_id, marker.shard_id, marker.attempt_token)
-            for table in (DETECTIONS_TABLE, IMAGES_TABLE)
-        }
-
     # --------------------------------------------------------------- failures
     def mark_failed(self, run_id: str, shard_id: int, reason: str, attempts: int) -> None:
         body = json.dumps({"shard_id": shard_id, "attempts": attempts, "reason": reason})
         self.storage.write_bytes(self.layout.failed_marker(run_id, shard_id), body.encode())
+
+    def clear_failed(self, run_id: str, shard_id: int) -> None:
+        """Remove shard ``shard_id``'s failure mark, if any (it has been committed since)."""
+        try:
+            self.storage.delete(self.layout.failed_marker(run_id, shard_id))
+        except OSError as exc:  # committed all the same: a stale mark is only cosmetic
+            logger.warning("shard %d committed; its old failure mark stays: %s", shard_id, exc)
 
     def failures(self, run_id: str) -> dict[int, dict[str, Any]]:
         """Shards marked failed, with their last reason."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
 from pipeline.store.schema import STATUS_ERROR, STATUS_OK
+from pipeline.store.tables import DataFile
 from pipeline.worker.sink import DetectionsBuffer, images_table, write_parquet
 from pipeline.worker.tasks import ShardTask
 
@@ -89,8 +90,10 @@ class ShardWriter:
         self.storages = storages
         self.class_names = class_names
 
-    def write(self, task: ShardTask, state: ShardState) -> tuple[dict[str, str], int, float]:
-        """Write ``state`` as ``task``'s files: ``(URI by table name, bytes written, seconds)``."""
+    def write(self, task: ShardTask, state: ShardState) -> tuple[dict[str, DataFile], int, float]:
+        """Write ``state`` as ``task``'s files: ``(file by table name, bytes written, seconds)``;
+        each :class:`~pipeline.store.tables.DataFile` carries the statistics the driver commits
+        to the table's log with it."""
         started = time.perf_counter()
         objects = task.objects
         uris = pa.array([obj.uri for obj in objects], type=pa.string())
@@ -111,10 +114,11 @@ class ShardWriter:
         }
         layout = OutputLayout(task.output_root)
         storage = self.storages.for_uri(task.output_root)
-        files: dict[str, str] = {}
+        files: dict[str, DataFile] = {}
         written = 0
         for name, table in tables.items():
             uri = layout.data_file(name, task.run_id, task.shard_id, task.attempt_token)
-            written += write_parquet(storage, uri, table)
-            files[name] = uri
+            size = write_parquet(storage, uri, table)
+            files[name] = DataFile.of_table(uri, table, size)
+            written += size
         return files, written, time.perf_counter() - started

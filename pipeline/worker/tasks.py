@@ -14,6 +14,7 @@ from yolov4.imageio import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from pipeline.store.sources import SourceObject
+    from pipeline.store.tables import DataFile
 
 
 #: Images per forward pass unless a run or a benchmark says otherwise.
@@ -78,6 +79,9 @@ class ShardTask:
 class ShardResult:
     """What one shard attempt wrote, with counts and timings.
 
+    ``files``: the attempt's data files by table, with the sizes and statistics that the
+    driver records in the tables' logs when it commits the shard.
+
     Timings in seconds: ``seconds`` wall time of the attempt; ``detect_seconds`` in the model
     (preprocessing, forward, decode, NMS, copy to host); ``fetch_seconds`` / ``decode_seconds``
     summed over the I/O and decode threads; ``wait_seconds`` the model side spent waiting for
@@ -90,7 +94,7 @@ class ShardResult:
     shard_id: int
     attempt: int
     attempt_token: str
-    files: dict[str, str]
+    files: dict[str, DataFile]
     num_images: int
     num_ok: int
     num_errors: int

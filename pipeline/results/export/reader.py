@@ -1,11 +1,10 @@
-"""Stream a run output's committed results image by image, for the exporters and ``eval``.
+"""Stream a run output's latest results image by image, for the exporters and ``eval``.
 
-The committed shards are read one at a time (a shard's ``images`` and ``detections`` Parquet
-files, with pyarrow), runs oldest first and shards in order, so memory is bounded by the shard
-size, never by the number of images. DuckDB (the result views of :mod:`pipeline.results.query`)
-is used only for small questions: the runs' models, and which images a newer run processed again
-(only the newest result of an image is exported; this set is as large as the number of
-re-processed images). Only images with ``status = 'ok'`` are yielded; ``error`` ones are
+Rows come from the ``images`` and ``detections`` views of :mod:`pipeline.results.query` (the
+latest result per image, tombstoned images left out), grouped per image and ordered by image
+URI inside DuckDB, which spills to a temporary folder beyond :data:`DEFAULT_MEMORY_LIMIT`; they
+reach Python in record batches of :data:`BATCH_ROWS` images, so memory is bounded however many
+images the output holds. Only images with ``status = 'ok'`` are yielded; ``error`` ones are
 counted.
 
 Boxes are ``x_min, y_min, x_max, y_max`` in pixels of the original image (after EXIF
@@ -22,23 +21,21 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.results.coco_categories import coco_name
 from pipeline.results.query import connect
-from pipeline.store.committed import arrow_filesystem, committed_files, fs_path
-from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, data_file_run_id
+from pipeline.store.committed import open_tables
+from pipeline.store.layout import DETECTIONS_TABLE
 from pipeline.store.s3 import S3Options
 from pipeline.store.schema import STATUS_OK
+from pipeline.store.tables import PARTITION_COLUMN
 from pipeline.store.uris import normalize
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("image_uri", "status", "width", "height", "run_id")
-DETECTION_COLUMNS = (
-    "image_uri", "class_id", "class_name", "score", "x_min", "y_min", "x_max", "y_max",
-)  # fmt: skip
+#: Images per record batch read from DuckDB.
+BATCH_ROWS = 2048
 #: DuckDB's working-memory cap while exporting; it spills sorts to a temporary folder beyond.
 DEFAULT_MEMORY_LIMIT = "512MB"
 #: DuckDB threads while exporting (each thread holds its own sort buffers).
@@ -103,7 +100,6 @@ class ResultsReader:
         self.con.execute("SET enable_progress_bar = false")  # it would print to stdout
         self.con.execute("SET preserve_insertion_order = false")
         self.con.execute(f"SET threads = {DUCKDB_THREADS}")
-        self._filesystem = arrow_filesystem(self.output, s3_options)
         self.class_names = self._model_class_names()
         self.error_images = 0
 
@@ -119,16 +115,33 @@ class ResultsReader:
 
     # ------------------------------------------------------------------ classes
     def _model_class_names(self) -> tuple[str, ...]:
-        files = committed_files(self.output, self.s3_options)[DETECTIONS_TABLE]
-        filesystem = arrow_filesystem(self.output, self.s3_options)
-        for uri in reversed(files):  # the newest run's files come last
-            with filesystem.open_input_file(fs_path(uri)) as fh:
-                parquet = pq.ParquetFile(fh)
-                if parquet.metadata.num_rows == 0:
-                    continue
-                column = parquet.read_row_group(0, columns=["class_name"]).column(0)
-                return tuple(column.chunk(0).dictionary.to_pylist())
-        return ()
+        """The newest run's class list: the dictionary of a ``class_name`` column chunk of one of
+        its files (located from the log's statistics, one footer and one column read); for an
+        output whose detections were all compacted, the class ids and names seen in them."""
+        table = open_tables(self.output, self.s3_options).table(DETECTIONS_TABLE)
+        if table is None:
+            return ()
+        files = pa.table(table.get_add_actions(flatten=True))
+        if files.num_rows == 0:
+            return ()
+        dataset = table.to_pyarrow_dataset()
+        run_column = files.column(f"partition.{PARTITION_COLUMN}").to_pylist()
+        counts = files.column("num_records").to_pylist()
+        paths = files.column("path").to_pylist()
+        candidates = sorted((run, path) for run, n, path in zip(run_column, counts, paths) if n)
+        for _, path in reversed(candidates[-1:]):
+            with dataset.filesystem.open_input_file(path) as fh:
+                column = pq.ParquetFile(fh).read_row_group(0, columns=["class_name"]).column(0)
+            chunk = column.chunk(0)
+            if pa.types.is_dictionary(chunk.type):
+                return tuple(chunk.dictionary.to_pylist())
+        rows = self.con.sql(
+            "SELECT DISTINCT class_id, class_name FROM all_detections ORDER BY class_id"
+        ).fetchall()
+        names = [""] * (max((r[0] for r in rows), default=-1) + 1)
+        for class_id, name in rows:
+            names[class_id] = name
+        return tuple(names)
 
     def class_ids_for(self, names: Sequence[str]) -> tuple[int, ...]:
         """Class ids of ``names`` (the model's spelling, or COCO 2017's for COCO models)."""
@@ -149,99 +162,62 @@ class ResultsReader:
 
     # ------------------------------------------------------------------ rows
     def images(self, filters: Filters = Filters()) -> Iterator[ImageResult]:
-        """Every ``ok`` image of the latest results with its detections (best score first).
-
-        Reads one committed shard at a time (its ``images`` and ``detections`` files), runs
-        oldest first and shards in order, so memory is bounded by the shard size. An image that
-        a newer run processed again is taken from the newest run only. Counts the skipped
-        ``error`` images in :attr:`error_images`.
-        """
-        self.error_images = 0
-        files = committed_files(self.output, self.s3_options)
-        runs_with_files = {data_file_run_id(uri) for uri in files[IMAGES_TABLE]}
-        stale = self._superseded() if len(runs_with_files) > 1 else set()
-        models = dict(self.con.sql("SELECT run_id, model FROM runs").fetchall())
-        for images_uri, detections_uri in zip(files[IMAGES_TABLE], files[DETECTIONS_TABLE]):
-            images = self._read(images_uri, IMAGE_COLUMNS)
-            by_image = self._shard_detections(detections_uri, filters)
-            cols = images.to_pydict()
+        """Every ``ok`` image of the latest results with its detections (best score first),
+        in image-URI order. Counts the skipped ``error`` images in :attr:`error_images`."""
+        ((self.error_images,),) = self.con.sql(
+            "SELECT count(*) FROM images WHERE status <> ?", params=[STATUS_OK]
+        ).fetchall()
+        self._check_classes()
+        conditions, params = ["TRUE"], []
+        if filters.min_score is not None:
+            conditions.append("score >= ?")
+            params.append(float(filters.min_score))
+        if filters.class_ids is not None:
+            conditions.append(
+                f"class_id IN ({', '.join(str(int(c)) for c in filters.class_ids) or 'NULL'})"
+            )
+        relation = self.con.sql(
+            f"""
+            WITH kept AS (
+                SELECT image_uri, run_id, class_id, class_name, score, x_min, y_min, x_max, y_max
+                FROM all_detections WHERE {" AND ".join(conditions)}
+            )
+            SELECT i.image_uri, i.width, i.height, i.run_id, r.model,
+                list((d.class_id, d.class_name, d.score, d.x_min, d.y_min, d.x_max, d.y_max)
+                     ORDER BY d.score DESC, d.class_id) FILTER (WHERE d.class_id IS NOT NULL)
+                    AS detections
+            FROM images i
+            LEFT JOIN kept d ON d.image_uri = i.image_uri AND d.run_id = i.run_id
+            LEFT JOIN runs r ON r.run_id = i.run_id
+            WHERE i.status = ?
+            GROUP BY i.image_uri, i.width, i.height, i.run_id, r.model
+            ORDER BY i.image_uri
+            """,
+            params=[*params, STATUS_OK],
+        )
+        fetch = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+        for batch in fetch(BATCH_ROWS):
+            cols = batch.to_pydict()
             for k, uri in enumerate(cols["image_uri"]):
-                run_id = cols["run_id"][k]
-                if stale and (uri, run_id) in stale:
-                    continue
-                if cols["status"][k] != STATUS_OK:
-                    self.error_images += 1
-                    continue
                 yield ImageResult(
                     uri,
                     cols["width"][k],
                     cols["height"][k],
-                    run_id,
-                    models.get(run_id),
-                    by_image.get(uri, []),
+                    cols["run_id"][k],
+                    cols["model"][k],
+                    [Detection(*d.values()) for d in cols["detections"][k] or ()],
                 )
 
-    def _superseded(self) -> set[tuple[str, str]]:
-        """``(image_uri, run_id)`` of results a newer run replaced (only images processed by
-        more than one run are looked at)."""
-        rows = self.con.sql(
-            """
-            SELECT image_uri, run_id FROM (
-                SELECT image_uri, run_id,
-                       row_number() OVER (PARTITION BY image_uri ORDER BY run_id DESC) AS rank
-                FROM all_images
-                WHERE image_uri IN (
-                    SELECT image_uri FROM all_images GROUP BY image_uri HAVING count(*) > 1
+    def _check_classes(self) -> None:
+        """Raise ``ValueError`` when the results mix models with different class lists."""
+        rows = self.con.sql("SELECT DISTINCT class_id, class_name FROM detections").fetchall()
+        for class_id, name in rows:
+            if class_id >= len(self.class_names) or self.class_names[class_id] != name:
+                raise ValueError(
+                    f"class id {class_id} is {name!r} in some results but the newest run's "
+                    "model lists other classes: the output mixes models; export each model's "
+                    "runs to separate outputs"
                 )
-            ) WHERE rank > 1
-            """
-        ).fetchall()
-        return {(uri, run_id) for uri, run_id in rows}
-
-    def _read(self, uri: str, columns: Sequence[str]) -> pa.Table:
-        with self._filesystem.open_input_file(fs_path(uri)) as fh:
-            return pq.read_table(fh, columns=list(columns))
-
-    def _shard_detections(self, uri: str, filters: Filters) -> dict[str, list[Detection]]:
-        table = self._read(uri, DETECTION_COLUMNS)
-        if filters.min_score is not None:
-            table = table.filter(pc.greater_equal(table["score"], filters.min_score))
-        if filters.class_ids is not None:
-            wanted = pa.array(filters.class_ids, pa.int16())
-            table = table.filter(pc.is_in(table["class_id"], value_set=wanted))
-        table = table.sort_by(
-            [("image_uri", "ascending"), ("score", "descending"), ("class_id", "ascending")]
-        )
-        names = table["class_name"].cast(pa.string())
-        table = table.set_column(table.schema.get_field_index("class_name"), "class_name", names)
-        cols = table.to_pydict()
-        out: dict[str, list[Detection]] = {}
-        checked: set[tuple[int, str]] = set()
-        for k, image_uri in enumerate(cols["image_uri"]):
-            class_id, name = cols["class_id"][k], cols["class_name"][k]
-            if (class_id, name) not in checked:
-                self._check_class(class_id, name)
-                checked.add((class_id, name))
-            out.setdefault(image_uri, []).append(
-                Detection(
-                    class_id,
-                    name,
-                    cols["score"][k],
-                    cols["x_min"][k],
-                    cols["y_min"][k],
-                    cols["x_max"][k],
-                    cols["y_max"][k],
-                )
-            )
-        return out
-
-    def _check_class(self, class_id: int, name: str) -> None:
-        if class_id >= len(self.class_names) or self.class_names[class_id] != name:
-            raise ValueError(
-                f"class id {class_id} is {name!r} in some results but the newest run's model "
-                "lists other classes: the output mixes models; export each model's runs to "
-                "separate outputs"
-            )
 
 
 def _checked_memory_limit(text: str) -> str:

@@ -8,7 +8,6 @@ throughput) and sample images — never by the number of images or detections.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,11 +16,11 @@ import duckdb
 
 from pipeline.results.query import connect
 from pipeline.results.report.gallery import Sample, load_samples
-from pipeline.store.layout import OutputLayout, shard_name
-from pipeline.store.ledger import Ledger
+from pipeline.store.committed import open_tables
+from pipeline.store.layout import IMAGES_TABLE
 from pipeline.store.s3 import S3Options
-from pipeline.store.storage import storage_for
-from pipeline.store.uris import is_s3, normalize, parse_s3
+from pipeline.store.tables import shard_of_file
+from pipeline.store.uris import normalize
 from yolov4.errors import YoloError
 
 logger = logging.getLogger(__name__)
@@ -50,8 +49,8 @@ MIN_BUCKET_S = 1.0
 DEFAULT_SAMPLES = 12
 
 THROUGHPUT_SOURCE = (
-    "commit markers: each shard's images count at its commit marker's modification time "
-    "(file mtime locally, LastModified on S3), bucketed from the run's start"
+    "the images table's log: each shard's images count at the time its file was committed, "
+    "bucketed from the run's start (a run whose files were compacted has no chart)"
 )
 
 
@@ -251,50 +250,41 @@ def _throughput(
     run: dict[str, Any],
     s3_options: S3Options | None,
 ) -> list[ThroughputBucket]:
-    """Images committed per time bucket, from commit marker times and images per shard."""
-    times = commit_times(output, run["run_id"], s3_options)
-    if not times:
+    """Images committed per time bucket, from the log's commit times and row counts."""
+    committed = commit_times(output, run["run_id"], s3_options)
+    if not committed:
         return []
-    per_shard = dict(
-        con.execute("SELECT shard_id, count(*) FROM run_images GROUP BY shard_id").fetchall()
-    )  # one row per shard
+    times = {shard_id: when for shard_id, (when, _) in committed.items()}
     started = _epoch(run.get("started_at"))
     origin = min([*times.values(), *([started] if started is not None else [])])
     end = max(times.values())
     width = max((end - origin) / THROUGHPUT_BUCKETS, MIN_BUCKET_S)
     count = max(1, min(THROUGHPUT_BUCKETS, int((end - origin) / width) + 1))
     images = [0] * count
-    for shard_id, when in times.items():
-        images[min(int((when - origin) / width), count - 1)] += int(per_shard.get(shard_id, 0))
+    for when, rows in committed.values():
+        images[min(int((when - origin) / width), count - 1)] += rows
     return [ThroughputBucket(i * width, (i + 1) * width, n) for i, n in enumerate(images)]
 
 
-def commit_times(output: str, run_id: str, s3_options: S3Options | None = None) -> dict[int, float]:
-    """Each committed shard's commit time (its marker's modification time, epoch seconds)."""
-    output = normalize(output)
-    storage = storage_for(output, s3_options)
-    layout = OutputLayout(output)
-    markers = Ledger(storage, layout).commits(run_id)
-    if not markers:
+def commit_times(
+    output: str, run_id: str, s3_options: S3Options | None = None
+) -> dict[int, tuple[float, int]]:
+    """Each committed shard's commit time (epoch seconds) and images, from the ``images``
+    log alone; empty when the run's files were compacted (they no longer map to shards)."""
+    files = open_tables(output, s3_options).run_files(IMAGES_TABLE, run_id)
+    if files.num_rows == 0:
         return {}
-    folder = layout.commits_dir(run_id)
-    names = {
-        f"{shard_name(m.shard_id)}.{m.attempt_token}.json": m.shard_id for m in markers.values()
-    }
-    if not is_s3(output):
-        return {
-            shard_id: os.stat(os.path.join(folder, name)).st_mtime
-            for name, shard_id in names.items()
-        }
-    location = parse_s3(folder.rstrip("/") + "/")
-    times = {}
-    paginator = storage.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=location.bucket, Prefix=location.key):
-        for item in page.get("Contents", ()):
-            shard_id = names.get(item["Key"][len(location.key) :])
-            if shard_id is not None:
-                times[shard_id] = item["LastModified"].timestamp()
-    return times
+    out = {}
+    for path, millis, rows in zip(
+        files.column("path").to_pylist(),
+        files.column("modification_time").to_pylist(),
+        files.column("num_records").to_pylist(),
+    ):
+        shard_id = shard_of_file(path)
+        if shard_id is None:
+            return {}
+        out[shard_id] = (millis / 1000.0, int(rows or 0))
+    return out
 
 
 def _sql_string(value: str) -> str:
