@@ -3,9 +3,10 @@
 Set ``YOLO_BATCH_FAULTS`` to a JSON object before starting a run, e.g.
 ``{"fail_shards": [3]}`` makes every attempt at shard 3 raise :class:`InjectedFaultError`, and
 ``{"slow_shards_s": 2.0}`` delays every shard by two seconds (to give tests time to interrupt a
-run mid-shard). Two more delays open the driver's other windows: ``plan_shard_delay_s`` after
-each plan shard is written (a kill lands mid-planning) and ``commit_delay_s`` between a shard's
-data files and its commit marker. Unset in production: then nothing here has any effect. The
+run mid-shard). Three more delays open the driver's other windows: ``plan_shard_delay_s`` after
+each plan shard is written (a kill lands mid-planning), ``commit_delay_s`` between a shard's
+data files and its batch's log commits, and ``claim_delay_s`` between a batch's ``detections``
+claim and its ``images`` commit (:mod:`pipeline.store.tables`). Unset in production: then nothing here has any effect. The
 variable reaches Ray workers through the driver's environment and the actors' ``runtime_env``.
 """
 
@@ -29,6 +30,7 @@ class FaultPlan:
     slow_shards_s: float = 0.0
     plan_shard_delay_s: float = 0.0
     commit_delay_s: float = 0.0
+    claim_delay_s: float = 0.0
 
 
 def current() -> FaultPlan:
@@ -43,6 +45,7 @@ def current() -> FaultPlan:
             slow_shards_s=float(spec.get("slow_shards_s", 0.0)),
             plan_shard_delay_s=float(spec.get("plan_shard_delay_s", 0.0)),
             commit_delay_s=float(spec.get("commit_delay_s", 0.0)),
+            claim_delay_s=float(spec.get("claim_delay_s", 0.0)),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f'{FAULTS_ENV} must be JSON like {{"fail_shards": [3]}}: {exc}') from None
@@ -65,7 +68,14 @@ def after_plan_shard() -> None:
 
 
 def before_commit() -> None:
-    """Driver side: called after a shard's data files exist, before its commit marker."""
+    """Driver side: called after a batch's data files exist, before its log commits."""
     delay = current().commit_delay_s
+    if delay:
+        time.sleep(delay)
+
+
+def after_claim() -> None:
+    """Driver side: called after a batch's ``detections`` claim, before its ``images`` commit."""
+    delay = current().claim_delay_s
     if delay:
         time.sleep(delay)

@@ -33,8 +33,9 @@ from pycocotools.coco import COCO
 
 from pipeline.results.query import query
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
-from pipeline.store.ledger import Ledger, RunRecord, ShardCounts, new_attempt_token, new_run_id
+from pipeline.store.ledger import Ledger, RunRecord, new_attempt_token, new_run_id
 from pipeline.store.storage import LocalStorage
+from pipeline.store.tables import DataFile, ResultTables, ShardFiles
 from pipeline.worker.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
 from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
@@ -423,6 +424,10 @@ SYNTHETIC_ERROR_EVERY = 50
 MAX_EXTRA_GROWTH_MIB = 10
 
 
+#: Shards per log commit of the synthetic output (as the driver batches them).
+SYNTHETIC_COMMIT_SHARDS = 64
+
+
 def write_synthetic_output(root: Path, num_images: int) -> None:
     """A committed output of ``num_images`` images (one in SYNTHETIC_ERROR_EVERY an error, the
     rest with DETECTIONS_PER_IMAGE detections each), written with the pipeline's own sink and
@@ -433,6 +438,8 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
     model = {"model": "yolov4-tiny"}
     ledger.write_run(RunRecord(run_id, "s3://synthetic/", str(root), model, {}, "succeeded"))
     names = class_name_array(COCO_CLASS_NAMES)
+    results = ResultTables(str(root))
+    pending: list[ShardFiles] = []
     rng = np.random.default_rng(0)
     width, height = 640, 480
     for shard_id, start in enumerate(range(0, num_images, SYNTHETIC_SHARD_SIZE)):
@@ -451,12 +458,8 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
             rng.integers(0, len(COCO_CLASS_NAMES), len(rows)),
         )
         token = new_attempt_token(1)
-        write_parquet(
-            storage,
-            layout.data_file(DETECTIONS_TABLE, run_id, shard_id, token),
-            buffer.table(uris, names, run_id),
-        )
-        table = images_table(
+        tables = {DETECTIONS_TABLE: buffer.table(uris, names, run_id)}
+        tables[IMAGES_TABLE] = images_table(
             image_uris=uris,
             status=["ok" if k else "error" for k in ok],
             error=[None if k else "decode: synthetic" for k in ok],
@@ -468,8 +471,15 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
             run_id=run_id,
             shard_id=shard_id,
         )
-        write_parquet(storage, layout.data_file(IMAGES_TABLE, run_id, shard_id, token), table)
-        ledger.commit(run_id, shard_id, token, ShardCounts(images=n))
+        files = {}
+        for name, table in tables.items():
+            uri = layout.data_file(name, run_id, shard_id, token)
+            files[name] = DataFile.of_table(uri, table, write_parquet(storage, uri, table))
+        pending.append(ShardFiles(shard_id, files))
+        if len(pending) >= SYNTHETIC_COMMIT_SHARDS:
+            results.commit_shards(run_id, pending)
+            pending.clear()
+    results.commit_shards(run_id, pending)
 
 
 #: Runs in a fresh interpreter: peak RSS (ru_maxrss) after exporting a tiny warm-up output

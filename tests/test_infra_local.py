@@ -87,7 +87,9 @@ def test_start_upload_run_stop_leaves_nothing_running(tmp_path: Path, cache: Pat
         listed = client.list_objects_v2(Bucket="dev", Prefix="results/")
         keys = [o["Key"] for o in listed.get("Contents", ())]
         assert any(k.startswith("results/detections/") and k.endswith(".parquet") for k in keys)
-        assert sum("/commits/" in k for k in keys) == len(sample_images), keys
+        assert any(k.startswith("results/images/_delta_log/") for k in keys), keys
+        images = [k for k in keys if k.startswith("results/images/run_id=")]
+        assert len(images) == len(sample_images), keys  # one file per one-image shard
     finally:
         stopped = store(state_dir, "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr

@@ -15,12 +15,16 @@ detections for each photo, nothing in ``all_*`` beyond them) with ``pipeline.res
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from pipeline.results.query import query
 from tests.test_pipeline_e2e import (
@@ -70,13 +74,21 @@ def job(tmp_path: Path, sample_images: list[Path]):
     return source, output, expected
 
 
-def commits(output: Path) -> dict[int, Path]:
-    """Commit markers under ``output`` by shard id (any run; the tests make one run each)."""
+def commits(output: Path) -> dict[int, str]:
+    """Committed shards under ``output`` by shard id, with the attempt token of the file the
+    ``images`` Delta log holds (any run; the tests make one run each). Read with a plain
+    ``deltalake`` reader, as any engine would; a shard in the log twice fails the test."""
+    try:
+        table = DeltaTable(str(output / "images"))
+    except TableNotFoundError:
+        return {}
     found = {}
-    for path in output.glob("_runs/*/commits/shard-*.json"):
-        shard_id = int(path.name.split(".")[0].removeprefix("shard-"))
-        assert shard_id not in found, f"two commit markers for shard {shard_id}"
-        found[shard_id] = path
+    for path in pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist():
+        match = re.search(r"shard-(\d+)-([A-Za-z0-9_-]+)\.parquet$", path)
+        assert match, f"not a shard file in the log: {path}"
+        shard_id = int(match[1])
+        assert shard_id not in found, f"shard {shard_id} is in the log twice"
+        found[shard_id] = match[2]
     return found
 
 
@@ -159,8 +171,8 @@ def test_actor_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(
     status = json.loads((output / "_status.json").read_text())
     assert status["actor_restarts"] == 1, status
     assert status["shard_retries"] >= 1, status
-    # The shard(s) the dead actor held went again: their markers name a second attempt.
-    tokens = {shard_id: path.name.split(".")[1] for shard_id, path in commits(output).items()}
+    # The shard(s) the dead actor held went again: the log holds a second attempt's files.
+    tokens = commits(output)
     assert any(token.startswith("a2-") for token in tokens.values()), tokens
     assert all(tokens[s].startswith("a1-") for s in committed_before), tokens
 
@@ -183,7 +195,6 @@ def test_driver_killed_then_resume_skips_the_committed_shards(cli, cache, job, r
     assert read_run_record(output, run_id)["status"] == "running"  # nobody could record more
     committed = commits(output)
     assert 2 <= len(committed) < NUM_SHARDS, sorted(committed)
-    markers = {s: (p.name, p.read_bytes(), p.stat().st_mtime_ns) for s, p in committed.items()}
     files = {s: shard_files(output, s) for s in committed}
     for shard_id, by_table in files.items():
         assert all(len(names) == 1 for names in by_table.values()), (shard_id, by_table)
@@ -195,11 +206,10 @@ def test_driver_killed_then_resume_skips_the_committed_shards(cli, cache, job, r
     assert read_run_record(output, run_id)["resumed"] == 1
     assert_complete(output, expected, reference, run_id)
 
-    # Committed shards were not processed again: same marker, same single file per table.
+    # Committed shards were not processed again: same attempt, same single file per table.
     after = commits(output)
-    for shard_id, (name, body, mtime) in markers.items():
-        path = after[shard_id]
-        assert (path.name, path.read_bytes(), path.stat().st_mtime_ns) == (name, body, mtime)
+    for shard_id, token in committed.items():
+        assert after[shard_id] == token
         assert shard_files(output, shard_id) == files[shard_id]
     data_after = tree(output)
     for by_table in files.values():
@@ -251,13 +261,14 @@ def test_failing_shard_exits_2_and_resume_retries_only_it(cli, cache, job, refer
     assert_complete(output, expected, reference, run_id)
     after = tree(output)
     # Only the failing shard ran: the other shards' files are untouched; the new files are
-    # that shard's two data files and its commit marker; its failure mark is gone.
+    # that shard's two data files (and the logs' new commits); its failure mark is gone.
     bookkeeping = {"_status.json", f"_runs/{run_id}/run.json"}
     changed = {k for k in before.keys() & after.keys() if before[k] != after[k]}
-    assert changed <= bookkeeping, changed
-    added = sorted(after.keys() - before.keys())
+    assert {k for k in changed if "/_delta_log/" not in k} <= bookkeeping, changed
+    added = sorted(k for k in after.keys() - before.keys() if "/_delta_log/" not in k)
     shard = f"shard-{failing:06d}"
-    assert len(added) == 3 and all(shard in name for name in added), added
+    assert len(added) == 2 and all(shard in name for name in added), added
+    assert any("images/_delta_log/" in k for k in after.keys() - before.keys())
     assert sorted(before.keys() - after.keys()) == [f"_runs/{run_id}/failed/{shard}.json"]
     status = cli.run(["status", output], cli_env(cache), QUICK_TIMEOUT_S)
     assert f"run        {run_id}  (succeeded)" in status.stdout, status.describe()

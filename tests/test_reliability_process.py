@@ -5,7 +5,7 @@ reference detections for each photo, nothing else visible), checked with ``pipel
 and its outcome is recorded for the README's Reliability table (:mod:`tests.reliability`).
 
 - The same run's driver is SIGKILLed five times in a row, each time at a different point:
-  mid-planning, between a shard's data files and its commit marker, mid-dispatch, while the
+  mid-planning, between a shard's data files and its log commit, mid-dispatch, while the
   actors start, and at a random moment; each ``--resume`` picks up where the last left off.
 - Actors are SIGKILLed one after another while they process shards: each is replaced, its
   shards go again, nothing is lost or doubled.
@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from pipeline.results.query import query
 from tests.reliability import Outcome, record, tally
@@ -49,8 +53,10 @@ from tests.test_pipeline_faults import (  # noqa: F401  (fixtures: job, referenc
 
 #: Seconds the driver waits after each plan shard: a window to kill it mid-planning.
 PLAN_SHARD_DELAY_S = 0.6
-#: Seconds between a shard's data files and its commit marker: a window to kill it there.
+#: Seconds between a shard's data files and its log commit: a window to kill it there.
 COMMIT_DELAY_S = 4.0
+#: Seconds between a batch's detections claim and its images commit: the window to kill in.
+CLAIM_DELAY_S = 60.0
 #: Seconds each shard waits before starting: a window to kill mid-dispatch.
 SLOW_SHARD_S = 1.5
 #: Seed of the random kill moments in the normal suite (the long tests draw a fresh one).
@@ -88,6 +94,22 @@ def uncommitted_shard_with_both_files(output: Path) -> int | None:
     return None
 
 
+def claimed_not_committed(output: Path) -> dict[int, str]:
+    """Shards whose ``detections`` file is in its log while ``images`` has none (attempt
+    tokens by shard)."""
+    try:
+        table = DeltaTable(str(output / "detections"))
+    except TableNotFoundError:
+        return {}
+    committed = commits(output)
+    claims = {}
+    for path in pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist():
+        match = re.search(r"shard-(\d+)-([A-Za-z0-9_-]+)\.parquet$", path)
+        if match and int(match[1]) not in committed:
+            claims[int(match[1])] = match[2]
+    return claims
+
+
 def image_rows(output: Path, run_id: str) -> list[str]:
     table = query(str(output), f"SELECT image_uri FROM all_images WHERE run_id = '{run_id}'")
     return table.column(0).to_pylist()
@@ -112,18 +134,18 @@ def test_driver_killed_five_times_at_different_points_converges(cli, cache, job,
     assert not (run_dir / "plan.json").exists(), "the kill landed after planning finished"
     kills.append("mid-planning")
 
-    # 2. Between a shard's data files and its commit marker.
+    # 2. Between a shard's data files and its log commit.
     run = cli.start(
         [*args, "--resume"],
         cli_env(cache, faults={"commit_delay_s": COMMIT_DELAY_S}),
     )
     orphan = wait_for(
-        lambda: uncommitted_shard_with_both_files(output), run, "data files without a marker"
+        lambda: uncommitted_shard_with_both_files(output), run, "data files not in the log"
     )
     kill_driver(run)
     assert orphan not in commits(output), "the kill landed after the commit"
     orphan_files = shard_files(output, orphan)
-    kills.append("between data files and commit marker")
+    kills.append("between data files and log commit")
 
     # 3. Mid-dispatch: after one more shard committed, with others in flight.
     before = len(commits(output))
@@ -152,10 +174,12 @@ def test_driver_killed_five_times_at_different_points_converges(cli, cache, job,
     assert final.run_id == run_id
     assert run_dirs(output) == [run_dir]  # every resume continued the same run
     assert_complete(output, expected, reference, run_id)
-    # The orphaned attempt's files are still on disk but were never committed: the shard's
-    # marker names a later attempt, and the tables (checked above) hold its rows once.
-    marker = commits(output)[orphan]
-    assert marker.name.split(".")[1] not in str(orphan_files), (marker, orphan_files)
+    # The orphaned attempt was never committed: the log holds a later attempt, the tables
+    # (checked above) hold its rows once, and the orphan's files were deleted at the end.
+    token = commits(output)[orphan]
+    assert token not in str(orphan_files), (token, orphan_files)
+    for name in (*orphan_files["images"], *orphan_files["detections"]):
+        assert not (output / name).exists(), name
 
     lost, duplicated = tally(image_rows(output, run_id), expected)
     assert (lost, duplicated) == (0, 0)
@@ -168,6 +192,48 @@ def test_driver_killed_five_times_at_different_points_converges(cli, cache, job,
             rows_lost=lost,
             rows_duplicated=duplicated,
             result=f"each --resume continued; run {len(kills) + 1} completed exactly",
+        )
+    )
+
+
+@pytest.mark.slow
+def test_driver_killed_between_claim_and_commit_is_completed_on_resume(cli, cache, job, reference):
+    """The driver dies after a batch's ``detections`` commit and before its ``images``
+    commit: the views never show the half-committed shards, and ``--resume`` commits them
+    from the same attempt's files instead of running them again."""
+    source, output, expected = job
+    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    run = cli.start(args, cli_env(cache, faults={"claim_delay_s": CLAIM_DELAY_S}))
+    claims = wait_for(lambda: claimed_not_committed(output), run, "a claim without a commit")
+    kill_driver(run)
+    (run_dir,) = run_dirs(output)
+    run_id = run_dir.name
+    # Half a shard never shows: the detections view holds exactly the committed images'.
+    row = query(
+        str(output),
+        "SELECT (SELECT count(*) FROM detections) AS shown, "
+        "(SELECT coalesce(sum(num_detections), 0) FROM images) AS counted, "
+        "(SELECT count(*) FROM all_detections) AS logged",
+    ).to_pylist()[0]
+    assert row["shown"] == row["counted"] < row["logged"], row
+
+    final = cli.run([*args, "--resume"], cli_env(cache))
+    assert final.returncode == 0, final.describe()
+    assert_complete(output, expected, reference, run_id)
+    committed = commits(output)
+    for shard_id, token in claims.items():
+        assert committed[shard_id] == token, "the claimed attempt was run again"
+    lost, duplicated = tally(image_rows(output, run_id), expected)
+    assert (lost, duplicated) == (0, 0)
+    record(
+        Outcome(
+            area="process faults",
+            case="driver SIGKILLed between a batch's detections and images log commits",
+            trials=1,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=f"--resume committed the {len(claims)} claimed shard(s) without rerunning",
         )
     )
 
@@ -359,8 +425,8 @@ LONG_INPUTS = 24
 LONG_ACTOR_KILL_INPUTS = 48
 
 
-def commits_of(output: Path) -> list[Path]:
-    return list(output.glob("_runs/*/commits/shard-*.json"))
+def commits_of(output: Path) -> list[int]:
+    return list(commits(output))
 
 
 def long_job(tmp_path: Path, sample_images, count: int = LONG_INPUTS) -> tuple[Path, Path, dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.store import storage as storage_module
-from pipeline.store.layout import OutputLayout, shard_name
-from pipeline.store.ledger import Ledger, ShardCounts
 from pipeline.store.s3 import S3Options
 from pipeline.store.storage import (
     LocalStorage,
@@ -285,25 +282,3 @@ def test_local_list_skips_directory_symlinks(tmp_path: Path):
     storage.write_bytes(str(root / "r.jpg"), b"r")
     (root / "link").symlink_to(outside, target_is_directory=True)
     assert [i.uri for i in storage.list(str(root))] == [str(root / "r.jpg")]
-
-
-def test_commit_marker_keeps_its_on_disk_keys_and_reads_back_its_counts(tmp_path: Path):
-    ledger = Ledger(LocalStorage(), OutputLayout(str(tmp_path)))
-    run_id = "20240101T000000Z-abcdef"
-    counts = ShardCounts(images=5, ok=4, errors=1, detections=7)
-    ledger.commit(run_id, 3, "a2-0123abcd", counts, attempt=2)
-    (marker,) = ledger.commits(run_id).values()
-    name = f"{shard_name(marker.shard_id)}.{marker.attempt_token}.json"
-    body = json.loads(Path(ledger.layout.commits_dir(run_id), name).read_bytes())
-    assert body == {
-        "shard_id": 3,
-        "attempt_token": "a2-0123abcd",
-        "num_images": 5,
-        "num_ok": 4,
-        "num_errors": 1,
-        "num_detections": 7,
-        "attempt": 2,
-    }
-    assert ledger.read_commit_counts(run_id, marker) == counts
-    assert counts + ShardCounts(1, 1, 0, 2) == ShardCounts(6, 5, 1, 9)
-    assert ShardCounts.from_marker({"num_images": 2}) == ShardCounts(images=2)

@@ -20,7 +20,10 @@ injects, on a configurable fraction of requests, the faults a real store produce
 
 Independently of faults, ``latency_s`` holds every response that long before its first byte,
 as a remote store's time to first byte (tens of milliseconds for S3 within a region) does: for
-benchmarks of how well a client hides it.
+benchmarks of how well a client hides it. With ``record=True`` it also keeps every request's
+method, decoded path and query (:meth:`FaultProxy.requests`), so a benchmark can tell a
+``ListObjectsV2`` (a ``GET`` of the bucket with ``list-type=2``) from an object ``GET`` and
+sort requests by key.
 
 It is hand-written on the standard library because it needs byte-level control of the
 connection (half a body, then a reset; headers, then silence); no maintained proxy library
@@ -145,6 +148,21 @@ def mixed_faults(
 
 
 @dataclass(frozen=True)
+class ProxyRequest:
+    """One request as received: method, decoded path (``/BUCKET/KEY``) and raw query string."""
+
+    method: str
+    path: str
+    query: str
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The query's parameters, decoded (the first value of each)."""
+        parsed = urllib.parse.parse_qs(self.query, keep_blank_values=True)
+        return {name: values[0] for name, values in parsed.items()}
+
+
+@dataclass(frozen=True)
 class ProxyStats:
     """Counts so far: requests by method, faults injected by ``(kind, method)``."""
 
@@ -168,6 +186,7 @@ class FaultProxy:
         seed: seeds the fault draws (one draw per request, in arrival order).
         slow_s: seconds a ``slow`` / ``stall`` fault stays silent.
         latency_s: seconds every response is held before it is sent (0: none).
+        record: keep every request (:meth:`requests`), not only the counts by method.
     """
 
     def __init__(
@@ -177,6 +196,7 @@ class FaultProxy:
         seed: int = 0,
         slow_s: float = DEFAULT_SLOW_S,
         latency_s: float = 0.0,
+        record: bool = False,
     ) -> None:
         if latency_s < 0:
             raise ValueError(f"latency_s must be at least 0, got {latency_s}")
@@ -192,6 +212,8 @@ class FaultProxy:
         self._rules: tuple[FaultRule, ...] = ()
         self._forced: list[int] = []  # per rule: ``first`` injections still owed
         self._requests: Counter = Counter()
+        self._record = record
+        self._log: list[ProxyRequest] = []
         self._faults: Counter = Counter()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -219,9 +241,16 @@ class FaultProxy:
         with self._lock:
             return ProxyStats(Counter(self._requests), Counter(self._faults))
 
+    def requests(self) -> list[ProxyRequest]:
+        """The requests since the start or the last :meth:`reset_stats`, in arrival order
+        (empty unless the proxy was made with ``record=True``)."""
+        with self._lock:
+            return list(self._log)
+
     def reset_stats(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._log.clear()
             self._faults.clear()
 
     def start(self) -> FaultProxy:
@@ -258,10 +287,12 @@ class FaultProxy:
     def _upstream_text(self) -> str:
         return f"http://{self.upstream_host}:{self.upstream_port}"
 
-    def _draw(self, method: str, path: str) -> str | None:
+    def _draw(self, method: str, path: str, query: str = "") -> str | None:
         """Count the request and pick the fault to inject into it, if any."""
         with self._lock:
             self._requests[method] += 1
+            if self._record:
+                self._log.append(ProxyRequest(method, path, query))
             matching = [i for i, r in enumerate(self._rules) if r.matches(method, path)]
             if not matching:
                 return None
@@ -341,8 +372,9 @@ class _Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------- flow
     def _proxy_request(self) -> None:
         body, chunked = self._read_body()
-        path = urllib.parse.unquote(self.path.split("?", 1)[0])
-        fault = self.proxy._draw(self.command, path)
+        raw_path, _, query = self.path.partition("?")
+        path = urllib.parse.unquote(raw_path)
+        fault = self.proxy._draw(self.command, path, query)
         if self.proxy.latency_s:
             self.proxy._stopping.wait(self.proxy.latency_s)
         if fault in _ERROR_BODIES:

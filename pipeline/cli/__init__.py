@@ -22,10 +22,12 @@ from yolov4.errors import YoloError
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli import (
         bench_cmd,
+        compact_cmd,
         detect_cmd,
         eval_cmd,
         export_cmd,
         jobs_cmd,
+        migrate_cmd,
         query_cmd,
         report_cmd,
         run_cmd,
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         export_cmd,
         eval_cmd,
         bench_cmd,
+        compact_cmd,
+        migrate_cmd,
     ):
         module.register(subparsers)
     return parser

@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     lease = status.get("lease")
     if lease:
         holder = f"run {lease['run_id']}" if lease.get("run_id") else "a starting run"
+        if lease.get("command"):
+            holder = f"yolo-batch {lease['command']}"
         print(
             f"lease      held by {holder} (pid {lease['pid']} on {lease['host']}) until "
             f"{_when(lease['expires_at'])}"

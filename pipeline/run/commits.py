@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 #: Shards per log commit at most.
 COMMIT_BATCH_SHARDS = 64
 #: Seconds a finished shard waits for its batch's commit at most.
-COMMIT_INTERVAL_S = 5.0
+COMMIT_INTERVAL_S = 2.0
 #: Failed commits in a row before the run stops.
 MAX_COMMIT_FAILURES = 8
 #: First wait after a failed commit; doubles with each failure, capped.

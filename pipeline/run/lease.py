@@ -9,7 +9,11 @@ once (a resume right after a kill need not wait).
 The body names the holder (host, pid, run id, job), when it was taken and when it expires::
 
     {"token": "...", "host": "...", "pid": 123, "run_id": "...", "job": null,
-     "acquired_at": 1700000000.0, "renewed_at": 1700000040.0, "expires_at": 1700000160.0}
+     "acquired_at": 1700000000.0, "renewed_at": 1700000040.0, "expires_at": 1700000160.0,
+     "command": null}
+
+``yolo-batch migrate`` and ``yolo-batch compact`` take the same lease (``command`` names
+them), so they never run beside a job that writes the output.
 
 Guarantee. Every create of ``_lease.json`` is conditional (``if_absent``: S3 ``If-None-Match:
 *``, a hard link locally), so of two runs that find no lease exactly one wins. An *expired*
@@ -86,9 +90,13 @@ class LeaseBody:
     acquired_at: float
     renewed_at: float
     expires_at: float
+    #: A maintenance command holding the lease instead of a run (``migrate``, ``compact``).
+    command: str | None = None
 
     def holder(self) -> str:
         """``run RUN_ID (pid 123 on host)``: who holds it, for messages."""
+        if self.command:
+            return f"`yolo-batch {self.command}` (pid {self.pid} on {self.host})"
         run = f"run {self.run_id}" if self.run_id else "a starting run"
         job = f" of job {self.job}" if self.job else ""
         return f"{run}{job} (pid {self.pid} on {self.host})"
@@ -104,7 +112,10 @@ class LeaseBody:
 
 class Lease:
     """The lease of one output, held by this process; use :meth:`acquire` and :meth:`release`
-    (or ``with``). :meth:`check` raises :class:`LeaseLostError` once renewal failed."""
+    (or ``with``). :meth:`check` raises :class:`LeaseLostError` once renewal failed.
+
+    ``command``: the maintenance command (``migrate``, ``compact``) that holds it instead of a
+    run; messages then name it."""
 
     def __init__(
         self,
@@ -112,6 +123,7 @@ class Lease:
         output_uri: str,
         *,
         job: str | None = None,
+        command: str | None = None,
         ttl_s: float | None = None,
     ) -> None:
         self.storage = storage
@@ -126,6 +138,7 @@ class Lease:
             acquired_at=0.0,
             renewed_at=0.0,
             expires_at=0.0,
+            command=command,
         )
         self._held = False
         self._lost: str | None = None

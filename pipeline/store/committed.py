@@ -21,13 +21,12 @@ from pipeline.store.uris import normalize
 
 def open_tables(output: str, s3_options: S3Options | None = None) -> ResultTables:
     """The results tables of ``output`` for reading. Raises
-    :class:`~pipeline.errors.OutputError` for an output of an earlier version (it names the
-    ``migrate`` command)."""
+    :class:`~pipeline.errors.OutputError` for an output of an earlier version, or one whose
+    conversion has not finished (it names the ``migrate`` command)."""
     output = normalize(output)
     tables = ResultTables(output, s3_options)
-    if not tables.exists(IMAGES_TABLE):
-        ledger = Ledger(storage_for(output, s3_options), OutputLayout(output))
-        refuse_legacy(ledger, images_table_exists=False)
+    ledger = Ledger(storage_for(output, s3_options), OutputLayout(output))
+    refuse_legacy(ledger, images_table_exists=tables.table(IMAGES_TABLE) is not None)
     return tables
 
 

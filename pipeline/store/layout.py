@@ -5,6 +5,7 @@
     OUTPUT/
       _status.json                              progress of the latest run (refreshed)
       _lease.json                               the running run's lease (one run at a time)
+      _migrating.json                           while ``yolo-batch migrate`` converts the output
       _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
       _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
       _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order
@@ -36,6 +37,9 @@ from pipeline.store.uris import join
 RUNS_DIR = "_runs"
 STATUS_FILE = "_status.json"
 LEASE_FILE = "_lease.json"
+#: Present from the start of ``yolo-batch migrate`` until it has finished: readers refuse the
+#: output meanwhile (:mod:`pipeline.store.migrate`).
+MIGRATION_FILE = "_migrating.json"
 DELETED_DIR = "_deleted"
 DETECTIONS_TABLE = "detections"
 IMAGES_TABLE = "images"
@@ -91,6 +95,10 @@ class OutputLayout:
     @property
     def lease(self) -> str:
         return join(self.root, LEASE_FILE)
+
+    @property
+    def migration(self) -> str:
+        return join(self.root, MIGRATION_FILE)
 
     @property
     def runs_dir(self) -> str:

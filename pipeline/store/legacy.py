@@ -6,6 +6,11 @@ Such an output made a shard visible with a commit marker,
 (``detections/run_id=RUN_ID/shard-NNNNNN-TOKEN.parquet`` and the same under ``images/``) hold
 the shard's rows, and kept tombstones as ``_deleted/RUN_ID/part-NNNNNN.parquet``. It has no
 ``images/_delta_log/``.
+
+Readers and runs refuse such an output (:func:`refuse_legacy`), and one whose conversion has
+started but not finished: ``yolo-batch migrate`` writes ``_migrating.json`` before it commits
+anything and deletes it last (:mod:`pipeline.store.migrate`), so a reader never takes a
+half-converted output for a whole one, whatever the state of its tables.
 """
 
 from __future__ import annotations
@@ -71,10 +76,24 @@ def legacy_commits_exist(storage: Storage, layout: OutputLayout, run_id: str) ->
     return any(_COMMIT_NAME.search(info.uri) for info in storage.list(folder))
 
 
+def migration_unfinished(storage: Storage, layout: OutputLayout) -> bool:
+    """Whether ``yolo-batch migrate`` is converting the output, or stopped before it finished
+    (one existence check)."""
+    return storage.exists(layout.migration)
+
+
 def refuse_legacy(ledger: Ledger, *, images_table_exists: bool) -> None:
-    """Raise :class:`~pipeline.errors.OutputError` for an output of an earlier version."""
+    """Raise :class:`~pipeline.errors.OutputError` for an output of an earlier version, or one
+    whose conversion has not finished. Costs one existence check when the images table
+    exists, and a listing of each run's commit markers when it does not."""
+    root = ledger.layout.root
+    if migration_unfinished(ledger.storage, ledger.layout):
+        raise OutputError(
+            f"{root} is being converted from an earlier yolo-batch, or its conversion stopped "
+            f"before it finished ({ledger.layout.migration} exists): wait for it to end, or run "
+            f"`yolo-batch migrate {root}` again to finish it"
+        )
     if is_legacy_output(ledger, images_table_exists=images_table_exists):
-        root = ledger.layout.root
         raise OutputError(
             f"{root} was written by an earlier yolo-batch (commit markers, no Delta log under "
             f"{IMAGES_TABLE}/): convert it in place with `yolo-batch migrate {root}`"

@@ -37,6 +37,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from pipeline import faults
 from pipeline.errors import OutputError
 from pipeline.store.delta_stats import file_stats
 from pipeline.store.layout import (
@@ -234,17 +235,19 @@ class ResultTables:
     def committed_shards(self, run_id: str) -> dict[int, ShardCounts]:
         """The committed shards of ``run_id`` and their counts, from the log's statistics
         alone (``errors`` are the rows whose ``error`` column is not null). A run whose files
-        were compacted has its shards counted from its ``images`` rows instead."""
+        were compacted (in either table: compaction may have stopped between the two) has its
+        shards counted from its ``images`` rows instead."""
         images = self.run_files(IMAGES_TABLE, run_id)
         if images.num_rows == 0:
             return {}
         paths = images.column("path").to_pylist()
-        if not all(_SHARD_FILE.search(p) for p in paths):
+        det_files = self.run_files(DETECTIONS_TABLE, run_id)
+        det_paths = det_files.column("path").to_pylist() if det_files.num_rows else []
+        if not all(_SHARD_FILE.search(p) for p in paths + det_paths):
             return self._committed_from_rows(run_id)
         records = images.column("num_records").to_pylist()
         nulls = images.column("null_count.error").to_pylist()
         detections = {shard_id: 0 for shard_id in (int(_SHARD_FILE.search(p)[1]) for p in paths)}
-        det_files = self.run_files(DETECTIONS_TABLE, run_id)
         if det_files.num_rows:
             tokens = {int(m[1]): m[2] for m in map(_SHARD_FILE.search, paths)}
             for path, n in zip(
@@ -303,10 +306,8 @@ class ResultTables:
         for _ in range(MAX_COMMIT_CONFLICTS):
             try:
                 return self._commit_once(run_id, shards)
-            except CommitFailedError as exc:
-                if "oncurrent" not in str(exc):
-                    raise
-                logger.warning("run %s: a concurrent commit of the same run; re-reading", run_id)
+            except CommitFailedError as exc:  # another commit won the version: re-read the log
+                logger.warning("run %s: a concurrent commit (%s); re-reading the log", run_id, exc)
         raise OutputError(
             f"another driver keeps committing run {run_id} to {self.root}: only one driver may "
             "run it at a time; stop the other one (yolo-batch status shows its lease)"
@@ -332,6 +333,8 @@ class ResultTables:
             if claim is None:
                 to_claim.append(shard)
         self._append(DETECTIONS_TABLE, run_id, [s.files[DETECTIONS_TABLE] for s in to_claim])
+        if to_claim:
+            faults.after_claim()
         claims = self._logged_fresh(DETECTIONS_TABLE, run_id)
         self.table(IMAGES_TABLE, refresh=True)
         committed = self.committed_shards(run_id)
@@ -379,7 +382,6 @@ class ResultTables:
             commit_properties=CommitProperties(
                 custom_metadata={"yolo-batch.run_id": run_id, "yolo-batch.files": str(len(files))},
                 app_transactions=[Transaction(app_id(run_id), version)],
-                max_commit_retries=0,
             ),
         )
         table.update_incremental()

@@ -14,6 +14,7 @@ orientation), exactly as in the ``detections`` table.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -163,54 +164,78 @@ class ResultsReader:
     # ------------------------------------------------------------------ rows
     def images(self, filters: Filters = Filters()) -> Iterator[ImageResult]:
         """Every ``ok`` image of the latest results with its detections (best score first),
-        in image-URI order. Counts the skipped ``error`` images in :attr:`error_images`."""
+        in image-URI order. Counts the skipped ``error`` images in :attr:`error_images`.
+
+        DuckDB sorts the ``ok`` images, and their detections, by URI into two temporary
+        Parquet files (an external sort: it spills past the memory limit); the two are then
+        read back batch by batch and merged, so no step holds more than a batch."""
+        images_view, detections_view = self._latest_views()
         ((self.error_images,),) = self.con.sql(
-            "SELECT count(*) FROM images WHERE status <> ?", params=[STATUS_OK]
+            f"SELECT count(*) FROM {images_view} WHERE status <> ?", params=[STATUS_OK]
         ).fetchall()
-        self._check_classes()
-        conditions, params = ["TRUE"], []
+        self._check_classes(detections_view)
+        conditions = ["TRUE"]
         if filters.min_score is not None:
-            conditions.append("score >= ?")
-            params.append(float(filters.min_score))
+            conditions.append(f"score >= {float(filters.min_score)!r}")
         if filters.class_ids is not None:
-            conditions.append(
-                f"class_id IN ({', '.join(str(int(c)) for c in filters.class_ids) or 'NULL'})"
-            )
-        relation = self.con.sql(
+            ids = ", ".join(str(int(c)) for c in filters.class_ids) or "NULL"
+            conditions.append(f"class_id IN ({ids})")
+        images_file = os.path.join(self._spill_dir, "images.parquet")
+        detections_file = os.path.join(self._spill_dir, "detections.parquet")
+        self.con.execute(
             f"""
-            WITH kept AS (
-                SELECT image_uri, run_id, class_id, class_name, score, x_min, y_min, x_max, y_max
-                FROM all_detections WHERE {" AND ".join(conditions)}
-            )
-            SELECT i.image_uri, i.width, i.height, i.run_id, r.model,
-                list((d.class_id, d.class_name, d.score, d.x_min, d.y_min, d.x_max, d.y_max)
-                     ORDER BY d.score DESC, d.class_id) FILTER (WHERE d.class_id IS NOT NULL)
-                    AS detections
-            FROM images i
-            LEFT JOIN kept d ON d.image_uri = i.image_uri AND d.run_id = i.run_id
-            LEFT JOIN runs r ON r.run_id = i.run_id
-            WHERE i.status = ?
-            GROUP BY i.image_uri, i.width, i.height, i.run_id, r.model
-            ORDER BY i.image_uri
-            """,
-            params=[*params, STATUS_OK],
+            COPY (
+                SELECT i.image_uri, i.width, i.height, i.run_id, r.model
+                FROM {images_view} i LEFT JOIN runs r USING (run_id)
+                WHERE i.status = '{STATUS_OK}'
+                ORDER BY i.image_uri
+            ) TO '{_sql_text(images_file)}' (FORMAT parquet)
+            """
         )
-        fetch = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
-        for batch in fetch(BATCH_ROWS):
+        self.con.execute(
+            f"""
+            COPY (
+                SELECT image_uri, class_id, CAST(class_name AS VARCHAR) AS class_name, score,
+                       x_min, y_min, x_max, y_max
+                FROM {detections_view} WHERE {" AND ".join(conditions)}
+                ORDER BY image_uri, score DESC, class_id
+            ) TO '{_sql_text(detections_file)}' (FORMAT parquet)
+            """
+        )
+        detections = _detections_by_image(detections_file)
+        pending = next(detections, None)
+        for batch in pq.ParquetFile(images_file).iter_batches(BATCH_ROWS):
             cols = batch.to_pydict()
             for k, uri in enumerate(cols["image_uri"]):
+                found: list[Detection] = []
+                while pending is not None and pending[0] <= uri:
+                    if pending[0] == uri:
+                        found = pending[1]
+                    pending = next(detections, None)
                 yield ImageResult(
                     uri,
                     cols["width"][k],
                     cols["height"][k],
                     cols["run_id"][k],
                     cols["model"][k],
-                    [Detection(*d.values()) for d in cols["detections"][k] or ()],
+                    found,
                 )
 
-    def _check_classes(self) -> None:
+    def _latest_views(self) -> tuple[str, str]:
+        """The views holding the latest result per image: ``images``/``detections``, or, when
+        every row is the latest (one run with results, no tombstones), the plain tables,
+        which need no window or join."""
+        ((runs,),) = self.con.sql("SELECT count(DISTINCT run_id) FROM all_images").fetchall()
+        ((tombstones,),) = self.con.sql("SELECT count(*) FROM tombstones").fetchall()
+        if runs <= 1 and not tombstones:
+            return "all_images", "all_detections"
+        return "images", "detections"
+
+    def _check_classes(self, detections_view: str) -> None:
         """Raise ``ValueError`` when the results mix models with different class lists."""
-        rows = self.con.sql("SELECT DISTINCT class_id, class_name FROM detections").fetchall()
+        rows = self.con.sql(
+            f"SELECT DISTINCT class_id, class_name FROM {detections_view}"
+        ).fetchall()
         for class_id, name in rows:
             if class_id >= len(self.class_names) or self.class_names[class_id] != name:
                 raise ValueError(
@@ -218,6 +243,35 @@ class ResultsReader:
                     "model lists other classes: the output mixes models; export each model's "
                     "runs to separate outputs"
                 )
+
+
+def _detections_by_image(path: str) -> Iterator[tuple[str, list[Detection]]]:
+    """``(image_uri, detections)`` from a Parquet file sorted by image URI, batch by batch."""
+    uri, found = None, []
+    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS):
+        cols = batch.to_pydict()
+        for k, image_uri in enumerate(cols["image_uri"]):
+            if image_uri != uri:
+                if uri is not None:
+                    yield uri, found
+                uri, found = image_uri, []
+            found.append(
+                Detection(
+                    cols["class_id"][k],
+                    cols["class_name"][k],
+                    cols["score"][k],
+                    cols["x_min"][k],
+                    cols["y_min"][k],
+                    cols["x_max"][k],
+                    cols["y_max"][k],
+                )
+            )
+    if uri is not None:
+        yield uri, found
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def _checked_memory_limit(text: str) -> str:
