@@ -1,5 +1,6 @@
 """A shard attempt's two Parquet files written straight to an output, as an actor writes them
-(no Ray, no model), for the tests of ``yolo-batch migrate`` and ``yolo-batch compact``."""
+(no Ray, no model), for the tests of the commit protocol, ``yolo-batch migrate`` and
+``yolo-batch compact``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout
-from pipeline.store.ledger import RunRecord
+from pipeline.store.ledger import RunRecord, ShardCounts, new_attempt_token
 from pipeline.store.storage import Storage
 from pipeline.store.tables import DataFile, ShardFiles
 from pipeline.worker.sink import DetectionsBuffer, class_name_array, images_table, write_parquet
@@ -77,3 +78,23 @@ def run_record(run_id: str, output: str) -> RunRecord:
         config={},
         status="succeeded",
     )
+
+
+def write_shard(
+    storage: Storage,
+    output: str,
+    run_id: str,
+    shard_id: int,
+    *,
+    images: int = 4,
+    errors: int = 1,
+    attempt: int = 1,
+) -> tuple[ShardFiles, ShardCounts]:
+    """Write a fresh attempt at shard ``shard_id`` (``images`` images, the last ``errors`` of
+    them errors); returns its files and the counts the log should report for it."""
+    uris = [f"s3://photos/shard{shard_id}/img{k:03d}.jpg" for k in range(images)]
+    tables = shard_tables(run_id, shard_id, uris, errors=errors)
+    files = write_attempt(storage, output, run_id, shard_id, new_attempt_token(attempt), tables)
+    ok = images - errors
+    counts = ShardCounts(images=images, ok=ok, errors=errors, detections=ok * DETECTIONS_PER_IMAGE)
+    return files, counts

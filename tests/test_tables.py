@@ -20,7 +20,7 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline.results.query import query
-from pipeline.store.delta_stats import file_stats
+from pipeline.store.delta_stats import MAX_STRING_STAT_CHARS, file_stats
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, TOMBSTONES_TABLE
 from pipeline.store.ledger import ShardCounts
 from pipeline.store.s3 import S3Options
@@ -28,7 +28,7 @@ from pipeline.store.schema import TOMBSTONE_SCHEMA
 from pipeline.store.storage import LocalStorage, storage_for
 from pipeline.store.tables import CHECKPOINT_INTERVAL, ResultTables
 from pipeline.store.uris import parse_s3
-from tests.synthetic_output import write_shard
+from tests.shard_attempts import write_shard
 
 RUN = "20261201T000000Z-aaaaaa"
 OTHER_RUN = "20261202T000000Z-bbbbbb"
@@ -180,20 +180,45 @@ def test_a_query_of_one_run_reads_only_its_partition(output):
 
 
 def test_file_statistics_match_the_data():
+    long_uri = "s3://b/" + "x" * 300
     table = pa.table(
         {
             "image_uri": ["b", "a", None],
+            "class_name": pa.DictionaryArray.from_arrays(
+                pa.array([2, 0, 2], pa.int16()), pa.array(["car", "bus", "person"])
+            ),
             "score": pa.array([0.5, 0.25, 0.75], pa.float32()),
+            "long": [long_uri, "s3://a", None],
             "run_id": ["r", "r", "r"],
         }
     )
     stats = json.loads(file_stats(table, ("run_id",)))
     assert stats == {
         "numRecords": 3,
-        "minValues": {"image_uri": "a", "score": 0.25},
-        "maxValues": {"image_uri": "b", "score": 0.75},
-        "nullCount": {"image_uri": 1, "score": 0},
+        "minValues": {"image_uri": "a", "class_name": "car", "score": 0.25, "long": "s3://a"},
+        "maxValues": {
+            "image_uri": "b",
+            "class_name": "person",
+            "score": 0.75,
+            "long": long_uri[: MAX_STRING_STAT_CHARS - 1] + "y",
+        },
+        "nullCount": {"image_uri": 1, "class_name": 0, "score": 0, "long": 1},
     }
+    assert stats["maxValues"]["long"] > long_uri
+
+
+def test_a_filter_on_any_column_finds_its_rows(output):
+    """delta-rs skips a file whose statistic a filter's column lacks: every column has one."""
+    storage, tables = LocalStorage(), ResultTables(output)
+    tables.commit_shards(RUN, [write_shard(storage, output, RUN, s)[0] for s in range(2)])
+    for sql, expected in (
+        ("SELECT count(*) FROM detections WHERE class_name = 'person'", 4),
+        ("SELECT count(*) FROM detections WHERE class_id = 1 AND score > 0", 4),
+        ("SELECT count(*) FROM images WHERE error IS NULL", 6),
+        ("SELECT count(*) FROM images WHERE status = 'error'", 2),
+        ("SELECT count(*) FROM images WHERE image_uri = 's3://photos/shard1/img002.jpg'", 1),
+    ):
+        assert rows(output, sql) == [(expected,)], sql
 
 
 def test_checkpoints_keep_opening_the_table_bounded(output):
