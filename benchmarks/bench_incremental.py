@@ -1,7 +1,7 @@
 """Incremental runs at scale: time and peak memory of the delta (listing vs committed results).
 
-Builds a synthetic committed output of N images (the pipeline's own sink and ledger, shards of
-``--shard-size``), then, in a fresh interpreter, compares a synthetic listing of the same
+Builds a synthetic committed output of N images (the pipeline's own sink and Delta commits,
+shards of ``--shard-size``), then, in a fresh interpreter, compares a synthetic listing of the same
 collection with 1% of the objects new, 1% changed (another ETag) and 1% deleted against it, and
 streams the objects to process, as ``yolo-batch run --incremental`` does. Reports the delta
 time, the rows streamed, and the peak RSS above the interpreter's baseline (libraries loaded).
@@ -25,15 +25,16 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.run.commits import COMMIT_BATCH_SHARDS  # noqa: E402
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
 from pipeline.store.ledger import (  # noqa: E402
     Ledger,
     RunRecord,
-    ShardCounts,
     new_attempt_token,
     new_run_id,
 )
 from pipeline.store.storage import LocalStorage  # noqa: E402
+from pipeline.store.tables import DataFile, ResultTables, ShardFiles  # noqa: E402
 from pipeline.worker.sink import (  # noqa: E402
     DetectionsBuffer,
     class_name_array,
@@ -57,6 +58,8 @@ def write_output(root: Path, num_images: int, shard_size: int) -> str:
     """A committed run of ``num_images`` ok images with ETags ``e{i}``; returns its run id."""
     storage, layout = LocalStorage(), OutputLayout(str(root))
     ledger = Ledger(storage, layout)
+    tables = ResultTables(str(root))
+    pending: list[ShardFiles] = []
     run_id = new_run_id(time.time() - 3600)
     ledger.write_run(RunRecord(run_id, SOURCE, str(root), {"model": "synthetic"}, {}))
     for shard_id, start in enumerate(range(0, num_images, shard_size)):
@@ -65,9 +68,6 @@ def write_output(root: Path, num_images: int, shard_size: int) -> str:
         uris = pa.array([uri(i) for i in ids])
         token = new_attempt_token(1)
         no_detections = DetectionsBuffer().table(uris, class_name_array(["object"]), run_id)
-        write_parquet(
-            storage, layout.data_file(DETECTIONS_TABLE, run_id, shard_id, token), no_detections
-        )
         table = images_table(
             image_uris=uris,
             status=["ok"] * n,
@@ -80,8 +80,15 @@ def write_output(root: Path, num_images: int, shard_size: int) -> str:
             run_id=run_id,
             shard_id=shard_id,
         )
-        write_parquet(storage, layout.data_file(IMAGES_TABLE, run_id, shard_id, token), table)
-        ledger.commit(run_id, shard_id, token, ShardCounts(images=n))
+        files = {}
+        for name, data in ((DETECTIONS_TABLE, no_detections), (IMAGES_TABLE, table)):
+            path = layout.data_file(name, run_id, shard_id, token)
+            files[name] = DataFile.of_table(path, data, write_parquet(storage, path, data))
+        pending.append(ShardFiles(shard_id, files))
+        if len(pending) >= COMMIT_BATCH_SHARDS:
+            tables.commit_shards(run_id, pending)
+            pending.clear()
+    tables.commit_shards(run_id, pending)
     return run_id
 
 
@@ -92,6 +99,7 @@ _MEASURE = textwrap.dedent(
     from pipeline.run import incremental
     from pipeline.run.incremental import Delta
     from pipeline.run.plan import PlannedObject
+    from pipeline.store.tables import ResultTables
 
     output, run_id, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     change_every, delete_every, new = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -108,7 +116,7 @@ _MEASURE = textwrap.dedent(
     connection = query.connect(output)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    files = query.committed_files(output)["images"]
+    files = ResultTables(output).table("images").file_uris()
     with Delta(connection, listing(), [run_id], earlier_files=None if sys.argv[8] else files,
                storage=None) as delta:
         counted = time.perf_counter() - started

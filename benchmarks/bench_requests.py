@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detections-per-image", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64, help="shards per commit (the driver's)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--dump", type=Path, default=None, help="write every operation's requests to this folder"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-args", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -254,6 +257,12 @@ def classify(request: ProxyRequest) -> tuple[str, str]:
     return "other", kind
 
 
+def dump(path: Path, requests: list[ProxyRequest]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{classify(r)[0]:7}{r.method:7}{r.path}?{r.query}" for r in requests]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def tally(requests: list[ProxyRequest]) -> dict:
     counts: dict[str, collections.Counter] = {c: collections.Counter() for c in CATEGORIES}
     for request in requests:
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.child_args)))
         return 0
     report: dict = {
-        "parameters": json_args(args, exclude=("child", "child_args")),
+        "parameters": json_args(args, exclude=("child", "child_args", "dump")),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
         "earlier_format": EARLIER_FORMAT,
@@ -355,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for operation in OPERATIONS:
                     found, requests = measure(proxy, operation, spec)
+                    if args.dump:
+                        dump(args.dump / f"{big}-{operation.replace(' ', '-')}.txt", requests)
                     row["operations"][operation] = {**tally(requests), "found": found}
                     counted = row["operations"][operation]
                     print(

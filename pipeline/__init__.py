@@ -6,7 +6,8 @@
 - :mod:`pipeline.worker`: what runs inside a Ray actor: load the model, read and decode a
   shard's images, detect, write the shard's Parquet files.
 - :mod:`pipeline.store`: object storage and the output: URIs, S3, sources, the output layout
-  and every path in it, the results schemas, run records and commit markers.
+  and every path in it, the results schemas, run records, the results' Delta tables and their
+  commit protocol, compaction, the migration of earlier outputs.
 - :mod:`pipeline.results`: reading committed results: SQL, export, report, COCO evaluation.
 - :mod:`pipeline.bench`: throughput measurement behind ``yolo-batch bench``.
 - :mod:`pipeline.errors`, :mod:`pipeline.faults`: shared by every role.

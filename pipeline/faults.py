@@ -6,8 +6,9 @@ Set ``YOLO_BATCH_FAULTS`` to a JSON object before starting a run, e.g.
 run mid-shard). Three more delays open the driver's other windows: ``plan_shard_delay_s`` after
 each plan shard is written (a kill lands mid-planning), ``commit_delay_s`` between a shard's
 data files and its batch's log commits, and ``claim_delay_s`` between a batch's ``detections``
-claim and its ``images`` commit (:mod:`pipeline.store.tables`). Unset in production: then nothing here has any effect. The
-variable reaches Ray workers through the driver's environment and the actors' ``runtime_env``.
+claim and its ``images`` commit (:mod:`pipeline.store.tables`). Unset in production: then
+nothing here has any effect. The variable reaches Ray workers through the driver's environment
+and the actors' ``runtime_env``.
 """
 
 from __future__ import annotations

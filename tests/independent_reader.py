@@ -58,8 +58,7 @@ def query_rows(output: Path) -> dict[str, list[tuple]]:
         ("detections", "all_detections", DETECTION_COLUMNS),
     ):
         selected = ", ".join(
-            f"CAST({c} AS DOUBLE)" if c in ("score", "x_min", "y_min") else c
-            for c in columns
+            f"CAST({c} AS DOUBLE)" if c in ("score", "x_min", "y_min") else c for c in columns
         )
         result = query(str(output), f"SELECT {selected} FROM {view}")
         out[table] = sorted(zip(*(col.to_pylist() for col in result.columns)))

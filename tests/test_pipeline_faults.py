@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from pipeline.results.query import query
+from tests.independent_reader import assert_independent_reader_agrees
 from tests.test_pipeline_e2e import (
     QUICK_TIMEOUT_S,
     Input,
@@ -175,6 +176,9 @@ def test_actor_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(
     tokens = commits(output)
     assert any(token.startswith("a2-") for token in tokens.values()), tokens
     assert all(tokens[s].startswith("a1-") for s in committed_before), tokens
+    # An engine outside yolo-batch, reading the Delta tables, sees the same rows: not the
+    # killed attempt's.
+    assert_independent_reader_agrees(output)
 
 
 # --------------------------------------------------------------------------- a dead driver

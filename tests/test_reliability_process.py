@@ -36,6 +36,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from pipeline.results.query import query
+from tests.independent_reader import assert_independent_reader_agrees
 from tests.reliability import Outcome, record, tally
 from tests.test_pipeline_e2e import Input, assert_run_results, cli_env, run_args, write_local_source
 from tests.test_pipeline_e2e import psutil as ps
@@ -183,6 +184,7 @@ def test_driver_killed_five_times_at_different_points_converges(cli, cache, job,
 
     lost, duplicated = tally(image_rows(output, run_id), expected)
     assert (lost, duplicated) == (0, 0)
+    assert_independent_reader_agrees(output)
     record(
         Outcome(
             area="process faults",
@@ -225,6 +227,7 @@ def test_driver_killed_between_claim_and_commit_is_completed_on_resume(cli, cach
         assert committed[shard_id] == token, "the claimed attempt was run again"
     lost, duplicated = tally(image_rows(output, run_id), expected)
     assert (lost, duplicated) == (0, 0)
+    assert_independent_reader_agrees(output)
     record(
         Outcome(
             area="process faults",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: Objects an incremental run found deleted from the source (``OUTPUT/_deleted/``).
+#: Objects an incremental run found deleted from the source (the ``tombstones`` table).
 TOMBSTONE_SCHEMA = pa.schema([("image_uri", pa.string()), ("run_id", pa.string())])
 
 STATUS_OK = "ok"

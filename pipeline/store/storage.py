@@ -1,7 +1,7 @@
 """Byte-level access to local folders and S3 prefixes behind one small interface.
 
 Used for reading images and manifests, and for everything a run writes under its output
-(Parquet files, plans, commit markers, status). Writes are atomic for readers: S3 PUTs are
+(Parquet files, plans, run records, status). Writes are atomic for readers: S3 PUTs are
 atomic by nature; local writes go to a temporary file in the same folder, then ``os.replace``.
 
 :func:`storage_for` picks the implementation from the URI. Errors are translated to

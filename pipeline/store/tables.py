@@ -156,6 +156,8 @@ class ResultTables:
         self.layout = OutputLayout(self.root)
         self.s3_options = s3_options
         self._tables: dict[str, DeltaTable] = {}
+        #: The last file list read per table, with the table version it belongs to.
+        self._actions: dict[str, tuple[int, pa.Table]] = {}
 
     @functools.cached_property
     def storage_options(self) -> dict[str, str] | None:
@@ -216,7 +218,12 @@ class ResultTables:
         table = self.table(name)
         if table is None:
             return pa.table({"path": pa.array([], pa.string())})
-        actions = pa.table(table.get_add_actions(flatten=True))
+        version = table.version()
+        cached = self._actions.get(name)
+        if cached is None or cached[0] != version:
+            cached = (version, pa.table(table.get_add_actions(flatten=True)))
+            self._actions[name] = cached
+        actions = cached[1]
         if actions.num_rows == 0:
             return actions
         keep = pa.compute.equal(actions[f"partition.{PARTITION_COLUMN}"], run_id)
