@@ -84,9 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="images rows")
     parser.add_argument("--rows-per-file", type=int, default=10_000, help="images per shard")
-    parser.add_argument(
-        "--detections-per-image", type=float, default=1.0, help="average, 0 to 2"
-    )
+    parser.add_argument("--detections-per-image", type=float, default=1.0, help="average, 0 to 2")
     parser.add_argument("--batch", type=int, default=64, help="shards per commit (the driver's)")
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--change-every", type=int, default=100)
@@ -111,7 +109,9 @@ def uris(start: int, stop: int) -> pa.Array:
 
 
 def etags(start: int, stop: int) -> pa.Array:
-    return pc.binary_join_element_wise("e", pc.cast(pa.array(np.arange(start, stop)), pa.string()), "")
+    return pc.binary_join_element_wise(
+        "e", pc.cast(pa.array(np.arange(start, stop)), pa.string()), ""
+    )
 
 
 # ---------------------------------------------------------------------------------- the output

@@ -224,17 +224,29 @@ def child(operation: str, raw: str) -> dict:
 
 
 def measure(proxy: FaultProxy, operation: str, spec: dict) -> tuple[dict, list[ProxyRequest]]:
-    proxy.reset_stats()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", operation, "--child-args", json.dumps(spec)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-    )
-    if proc.returncode:
-        raise SystemExit(f"{operation} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proxy.requests()
+    """The operation's result and requests. A child that dies without a result (a native
+    abort) is run again once, and the failure noted in the result."""
+    failures = []
+    for _ in range(2):
+        proxy.reset_stats()
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", operation, "--child-args", json.dumps(spec)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
+        lines = proc.stdout.strip().splitlines()
+        if lines and lines[-1].startswith("{"):
+            found = json.loads(lines[-1])
+            if proc.returncode:
+                failures.append(f"exit {proc.returncode} after its result: {proc.stderr[-300:]}")
+            if failures:
+                found["failures"] = failures
+            return found, proxy.requests()
+        failures.append(f"exit {proc.returncode} without a result: {proc.stderr[-300:]}")
+        print(f"  {operation}: the child failed ({failures[-1]!r}); once more", flush=True)
+    raise SystemExit(f"{operation} failed twice:\n" + "\n".join(failures))
 
 
 # ---------------------------------------------------------------------------------- counting
@@ -311,69 +323,69 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     print(f"CPU: {report['machine']['cpu']} ({report['machine']['cores']} cores)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-requests-") as workdir:
-        with (
-            SeaweedS3Server(Path(workdir) / "store") as server,
-            FaultProxy(server.endpoint_url, record=True) as proxy,
-        ):
-            os.environ.update(
-                AWS_ACCESS_KEY_ID=server.access_key,
-                AWS_SECRET_ACCESS_KEY=server.secret_key,
-                AWS_REGION=server.region,
-                AWS_EC2_METADATA_DISABLED="true",
-                AWS_CONFIG_FILE=os.devnull,
-                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-                NO_PROXY="127.0.0.1,localhost",
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-requests-") as workdir,
+        SeaweedS3Server(Path(workdir) / "store") as server,
+        FaultProxy(server.endpoint_url, record=True) as proxy,
+    ):
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=server.access_key,
+            AWS_SECRET_ACCESS_KEY=server.secret_key,
+            AWS_REGION=server.region,
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            NO_PROXY="127.0.0.1,localhost",
+        )
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            os.environ.pop(name, None)
+        server.client().create_bucket(Bucket=BUCKET)
+        direct = S3Options(endpoint_url=server.endpoint_url, region=server.region)
+        for big in args.shards:
+            output = f"s3://{BUCKET}/out-{big}"
+            started = time.perf_counter()
+            big_run = build_run(output, direct, big, time.time() - 7200, args)
+            small_run = build_run(output, direct, args.small_shards, time.time() - 60, args)
+            built = time.perf_counter() - started
+            log_files = sum(
+                1
+                for page in server.client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=BUCKET, Prefix=f"out-{big}/images/_delta_log/")
+                for _ in page.get("Contents", ())
             )
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-                os.environ.pop(name, None)
-            server.client().create_bucket(Bucket=BUCKET)
-            direct = S3Options(endpoint_url=server.endpoint_url, region=server.region)
-            for big in args.shards:
-                output = f"s3://{BUCKET}/out-{big}"
-                started = time.perf_counter()
-                big_run = build_run(output, direct, big, time.time() - 7200, args)
-                small_run = build_run(output, direct, args.small_shards, time.time() - 60, args)
-                built = time.perf_counter() - started
-                log_files = sum(
-                    1
-                    for page in server.client()
-                    .get_paginator("list_objects_v2")
-                    .paginate(Bucket=BUCKET, Prefix=f"out-{big}/images/_delta_log/")
-                    for _ in page.get("Contents", ())
-                )
+            print(
+                f"\n{big} + {args.small_shards} shards written and committed in "
+                f"{built:.1f} s ({log_files} objects in images/_delta_log/)",
+                flush=True,
+            )
+            spec = {
+                "output": output,
+                "endpoint": proxy.endpoint_url,
+                "big_run": big_run,
+                "small_run": small_run,
+                "dest": str(Path(workdir) / f"coco-{big}.json"),
+            }
+            row = {
+                "big_shards": big,
+                "small_shards": args.small_shards,
+                "data_files": 2 * (big + args.small_shards),
+                "images_log_objects": log_files,
+                "build_s": round(built, 1),
+                "operations": {},
+            }
+            for operation in OPERATIONS:
+                found, requests = measure(proxy, operation, spec)
+                if args.dump:
+                    dump(args.dump / f"{big}-{operation.replace(' ', '-')}.txt", requests)
+                row["operations"][operation] = {**tally(requests), "found": found}
+                counted = row["operations"][operation]
                 print(
-                    f"\n{big} + {args.small_shards} shards written and committed in "
-                    f"{built:.1f} s ({log_files} objects in images/_delta_log/)",
+                    f"  {operation}: {counted['total']} requests (log "
+                    f"{methods(counted['log'])}; data {methods(counted['data'])}) {found}",
                     flush=True,
                 )
-                spec = {
-                    "output": output,
-                    "endpoint": proxy.endpoint_url,
-                    "big_run": big_run,
-                    "small_run": small_run,
-                    "dest": str(Path(workdir) / f"coco-{big}.json"),
-                }
-                row = {
-                    "big_shards": big,
-                    "small_shards": args.small_shards,
-                    "data_files": 2 * (big + args.small_shards),
-                    "images_log_objects": log_files,
-                    "build_s": round(built, 1),
-                    "operations": {},
-                }
-                for operation in OPERATIONS:
-                    found, requests = measure(proxy, operation, spec)
-                    if args.dump:
-                        dump(args.dump / f"{big}-{operation.replace(' ', '-')}.txt", requests)
-                    row["operations"][operation] = {**tally(requests), "found": found}
-                    counted = row["operations"][operation]
-                    print(
-                        f"  {operation}: {counted['total']} requests (log "
-                        f"{methods(counted['log'])}; data {methods(counted['data'])}) {found}",
-                        flush=True,
-                    )
-                report["rows"].append(row)
+            report["rows"].append(row)
     print_tables(report["rows"])
     if args.json:
         write_json(args.json, report)

@@ -144,7 +144,7 @@ def test_concurrent_runs_of_one_output_one_proceeds_and_ctrl_c_releases(
     inputs = [Input(f"img-{i}.jpg", photo=i % 2) for i in range(4)]
     source, output = tmp_path / "src", tmp_path / "out"
     write_local_source(source, inputs, sample_images)
-    args = run_args(source, output, "--shard-size", "1")
+    args = run_args(source, output, "--shard-size", "1", "--commit-interval", "0")
     first = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
     lease_path = output / LEASE_FILE
 

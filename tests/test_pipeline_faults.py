@@ -42,6 +42,8 @@ from tests.test_pipeline_e2e import (
 )
 
 SHARD_SIZE = 2
+#: Commit each shard as it finishes (not in batches), so a test can act between commits.
+PER_SHARD_COMMITS = ("--commit-interval", "0")
 #: Seconds each shard waits before starting (``slow_shards_s``): time to act mid-run.
 SLOW_SHARD_S = 1.5
 #: Seconds to wait for a run to reach the state a test acts in.
@@ -143,13 +145,16 @@ def test_actor_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(
 ):
     source, output, expected = job
     env = cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S})
-    run = cli.start(run_args(source, output, "--shard-size", SHARD_SIZE, "--actors", "1"), env)
+    run = cli.start(
+        run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS, "--actors", "1"),
+        env,
+    )
 
-    # Once a shard has committed, the one actor holds the next ones: two shards are queued on
-    # it, each waiting SLOW_SHARD_S before it starts. (Its process title is no guide to that:
-    # with shards running in threads of their own, one shard's end resets the title Ray set
-    # at the other's start.)
-    wait_for(lambda: commits(output), run, "a first commit")
+    # Once a shard has written its files, the one actor holds the next ones: two shards are
+    # queued on it, each waiting SLOW_SHARD_S before it starts. (Its process title is no guide
+    # to that: with shards running in threads of their own, one shard's end resets the title
+    # Ray set at the other's start.) Its commit may wait for the batch.
+    wait_for(lambda: list(output.glob("images/run_id=*/shard-*.parquet")), run, "a first shard")
 
     def actor_process():
         for proc in run.descendants():
@@ -187,7 +192,7 @@ def test_actor_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(
 @pytest.mark.slow
 def test_driver_killed_then_resume_skips_the_committed_shards(cli, cache, job, reference):
     source, output, expected = job
-    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS)
     run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
     wait_for(lambda: len(commits(output)) >= 2, run, "two commits")
     run.signal(signal.SIGKILL)
@@ -228,7 +233,9 @@ def test_driver_killed_then_resume_skips_the_committed_shards(cli, cache, job, r
 def test_failing_shard_exits_2_and_resume_retries_only_it(cli, cache, job, reference):
     source, output, expected = job
     failing = 1
-    args = run_args(source, output, "--shard-size", SHARD_SIZE, "--max-attempts", 2)
+    args = run_args(
+        source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS, "--max-attempts", 2
+    )
     first = cli.run(args, cli_env(cache, faults={"fail_shards": [failing]}))
     assert first.returncode == 2, first.describe()
     run_id = first.run_id
@@ -285,7 +292,7 @@ def test_failing_shard_exits_2_and_resume_retries_only_it(cli, cache, job, refer
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_resume_completes(cli, cache, job, reference):
     source, output, expected = job
-    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS)
     run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S}))
     wait_for(lambda: commits(output), run, "a first commit")
     run.signal(signal.SIGINT)

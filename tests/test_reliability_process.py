@@ -43,6 +43,7 @@ from tests.test_pipeline_e2e import psutil as ps
 from tests.test_pipeline_faults import (  # noqa: F401  (fixtures: job, reference)
     FAULT_INPUTS,
     NUM_SHARDS,
+    PER_SHARD_COMMITS,
     SHARD_SIZE,
     assert_complete,
     commits,
@@ -122,7 +123,7 @@ def image_rows(output: Path, run_id: str) -> list[str]:
 @pytest.mark.slow
 def test_driver_killed_five_times_at_different_points_converges(cli, cache, job, reference):
     source, output, expected = job
-    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS)
     rng = random.Random(KILL_SEED)
     kills: list[str] = []
 
@@ -204,7 +205,7 @@ def test_driver_killed_between_claim_and_commit_is_completed_on_resume(cli, cach
     commit: the views never show the half-committed shards, and ``--resume`` commits them
     from the same attempt's files instead of running them again."""
     source, output, expected = job
-    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS)
     run = cli.start(args, cli_env(cache, faults={"claim_delay_s": CLAIM_DELAY_S}))
     claims = wait_for(lambda: claimed_not_committed(output), run, "a claim without a commit")
     kill_driver(run)
@@ -281,6 +282,7 @@ def test_actors_killed_repeatedly_are_replaced_and_nothing_is_lost(cli, cache, j
         output,
         "--shard-size",
         SHARD_SIZE,
+        *PER_SHARD_COMMITS,
         "--max-attempts",
         ATTEMPTS_UNDER_ACTOR_KILLS,
     )
@@ -443,7 +445,7 @@ def test_long_driver_killed_at_many_random_moments(cli, cache, tmp_path, sample_
     source, output, expected = long_job(tmp_path, sample_images)
     seed = int(time.time())
     rng = random.Random(seed)
-    args = run_args(source, output, "--shard-size", SHARD_SIZE)
+    args = run_args(source, output, "--shard-size", SHARD_SIZE, *PER_SHARD_COMMITS)
     windows = {
         "plan_shard_delay_s": PLAN_SHARD_DELAY_S,
         "commit_delay_s": COMMIT_DELAY_S,
@@ -486,7 +488,13 @@ def test_long_actors_killed_throughout_a_run(cli, cache, tmp_path, sample_images
     seed = int(time.time())
     rng = random.Random(seed)
     args = run_args(
-        source, output, "--shard-size", SHARD_SIZE, "--max-attempts", LONG_ACTOR_KILLS + 2
+        source,
+        output,
+        "--shard-size",
+        SHARD_SIZE,
+        *PER_SHARD_COMMITS,
+        "--max-attempts",
+        LONG_ACTOR_KILLS + 2,
     )
     run = cli.start(args, cli_env(cache, faults={"slow_shards_s": SLOW_SHARD_S / 2}))
     killed = 0

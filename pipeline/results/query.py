@@ -48,15 +48,21 @@ _DELTA_COLUMNS = (
 )  # fmt: skip
 
 
-def connect(output: str, s3_options: S3Options | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the result views of ``output`` registered."""
+def connect(
+    output: str, s3_options: S3Options | None = None, *, local_dir: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the result views of ``output`` registered.
+
+    ``local_dir``: DuckDB reads the tables' files itself (bounded by its memory limit), copying
+    files on S3 into this folder first; for scans of the whole output (export). Without it the
+    tables are Arrow datasets (:func:`pipeline.store.committed.register_tables`)."""
     output = normalize(output)
     storage = storage_for(output, s3_options)
     ledger = Ledger(storage, OutputLayout(output))
     tables = open_tables(output, s3_options)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it would print to stdout
-    register_tables(con, tables)
+    register_tables(con, tables, local_dir=local_dir, storage=storage)
     con.execute(
         """
         CREATE VIEW images AS

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.run import settings
+from pipeline.run.commits import COMMIT_INTERVAL_S
 from pipeline.run.plan import DEFAULT_SHARD_SIZE
 from pipeline.store.ledger import is_run_id
 from pipeline.store.s3 import S3Options
@@ -48,6 +49,8 @@ class RunConfig:
     fetch_threads: int = DEFAULT_FETCH_THREADS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     shards_per_actor: int = DEFAULT_SHARDS_PER_ACTOR
+    #: Seconds a finished shard waits for its batch's log commit at most.
+    commit_interval_s: float = COMMIT_INTERVAL_S
     ray_address: str | None = None
     s3: S3Options = field(default_factory=S3Options)
     precision: str = "fp32"

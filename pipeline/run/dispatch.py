@@ -96,7 +96,12 @@ class Dispatcher:
         self.reporter = reporter
         self.fleet: ActorFleet | None = None
         self.processed: list[int] = []
-        self.commits = CommitBatcher(context.tables, self.run_id, self._committed)
+        self.commits = CommitBatcher(
+            context.tables,
+            self.run_id,
+            self._committed,
+            interval_s=self.config.commit_interval_s,
+        )
         self._marked_failed: set[int] = set()
 
     def run(self) -> list[int]:

@@ -6,12 +6,12 @@ tens of millions of Python objects:
 1. The listing streams into a temporary Parquet file in record batches of
    :data:`LISTING_BATCH_ROWS` (with its position, to keep the source's order).
 2. DuckDB (memory capped at :data:`DUCKDB_MEMORY_LIMIT`, spilling to the same temporary
-   folder) reads the earlier runs' committed ``images`` files itself (local files directly; S3
-   files first copied, one at a time and only the columns needed, into a local Parquet file:
-   a scan of Arrow datasets through DuckDB is not bounded by its memory cap), reduces the rows
-   to the latest state per URI
-   (a hash aggregate, not a sort), drops URIs whose latest event is a deletion, and joins it
-   with the listing.
+   folder) reads the earlier runs' committed ``images`` files itself (local files directly, S3
+   files first copied into the temporary folder, each streamed to disk: a scan of Arrow
+   datasets through DuckDB is not bounded by its memory cap; ``run_id`` from each file's path,
+   since compacted files do not hold it: :func:`pipeline.store.committed.parquet_view`),
+   reduces the rows to the latest state per URI (a hash aggregate, not a sort), drops URIs
+   whose latest event is a deletion, and joins it with the listing.
 3. The objects to process stream out in record batches of :data:`RESULT_BATCH_ROWS`, in
    listing order, into the plan writer, which holds one shard at a time.
 
@@ -36,10 +36,8 @@ without ETags (a manifest of bare URIs) only finds new URIs.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -50,11 +48,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.run.plan import PlannedObject
+from pipeline.store.committed import local_files, parquet_view
 from pipeline.store.layout import TOMBSTONES_TABLE
 from pipeline.store.schema import PARQUET_COMPRESSION, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage
 from pipeline.store.tables import ResultTables
-from pipeline.store.uris import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +66,6 @@ RESULT_BATCH_ROWS = 10_000
 DUCKDB_MEMORY_LIMIT = "256MB"
 #: Columns of the committed ``images`` rows the delta needs.
 EARLIER_COLUMNS = ["image_uri", "run_id", "etag", "status", "error"]
-_GLOB_CHARS = re.compile(r"[*?\[\]{}]")
 EARLIER_SCHEMA = pa.schema([(name, pa.string()) for name in EARLIER_COLUMNS])
 #: DuckDB threads for the delta (the driver shares its machine with Ray).
 DUCKDB_THREADS = 2
@@ -158,24 +155,10 @@ class Delta:
         self.con.execute("SET preserve_insertion_order = false")
 
     def _register_earlier(self, files: list[str], storage: Storage | None) -> None:
-        """The view ``earlier_images`` over ``files``, read by DuckDB itself."""
-        if not files:
-            self.con.register("earlier_images", EARLIER_SCHEMA.empty_table())
-            return
-        # S3 files are copied; so are local paths DuckDB would read as globs.
-        if any(is_s3(f) or _GLOB_CHARS.search(f) for f in files):
-            if storage is None:
-                raise ValueError("earlier_files on S3 need the storage to read them with")
-            staged = os.path.join(self._tmp, "earlier.parquet")
-            with pq.ParquetWriter(staged, EARLIER_SCHEMA, compression=PARQUET_COMPRESSION) as out:
-                for uri in files:
-                    table = pq.read_table(
-                        io.BytesIO(storage.read_bytes(uri)), columns=EARLIER_COLUMNS
-                    )
-                    out.write_table(table.cast(EARLIER_SCHEMA))
-            files = [staged]
-        relation = self.con.read_parquet(files, hive_partitioning=False)
-        relation.select(", ".join(EARLIER_COLUMNS)).create_view("earlier_images", replace=True)
+        """The view ``earlier_images`` over ``files``, read by DuckDB itself (S3 files, and
+        local paths DuckDB would read as globs, copied into the temporary folder first)."""
+        local = local_files(files, storage, os.path.join(self._tmp, "earlier"))
+        parquet_view(self.con, "earlier_images", local, EARLIER_SCHEMA, EARLIER_COLUMNS)
 
     def _prepare(self, listing: str) -> None:
         self.con.execute(

@@ -272,6 +272,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shards_per_actor", "shards_per_actor", integer(1),
             "shards queued on each actor (one running, the next loading)", GROUP_RESOURCES,
             section=None, cli_type=int),
+    Setting("commit_interval_s", "commit_interval_s", number(0.0),
+            "longest wait before a finished shard is committed to the results tables; shards "
+            "that finish meanwhile share the commit (0: commit each as it finishes)",
+            GROUP_RESOURCES, section=None, cli_type=float, flag="--commit-interval",
+            metavar="SECONDS"),
     Setting("max_image_bytes", "max_image_bytes", integer(1),
             "larger objects become error rows", GROUP_RESOURCES, section=None, cli_type=int,
             actor_field="max_image_bytes"),

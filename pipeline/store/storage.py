@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -43,6 +44,8 @@ _T = TypeVar("_T")
 LIST_PAGE_SIZE = 1000
 #: Objects per DeleteObjects call (the S3 maximum).
 DELETE_BATCH = 1000
+#: Bytes per read while streaming an object to a local file.
+DOWNLOAD_CHUNK_BYTES = 1 << 20
 #: Tries of one S3 operation that failed transiently *after* botocore's own retries: a body
 #: that broke while being read (botocore retries requests, not bodies), or botocore giving up
 #: once its retry quota is spent under sustained throttling. Conditional writes are not
@@ -107,6 +110,10 @@ class LocalStorage:
     def info(self, uri: str) -> ObjectInfo:
         st = os.stat(uri)
         return ObjectInfo(uri, st.st_size, local_etag(st))
+
+    def download(self, uri: str, path: str) -> None:
+        """Copy the file ``uri`` to the local ``path`` (its folder must exist)."""
+        shutil.copyfile(uri, path)
 
     def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
         path = Path(uri)
@@ -212,6 +219,29 @@ class S3Storage:
                 body.close()
 
         return self._retrying(uri, "read", read)
+
+    def download(self, uri: str, path: str) -> None:
+        """Stream the object into the local file ``path`` (its folder must exist), a chunk of
+        :data:`DOWNLOAD_CHUNK_BYTES` at a time, so memory does not grow with the object; a
+        body that breaks mid-read is fetched again (see :data:`S3_ATTEMPTS`). ``path`` appears
+        whole or not at all."""
+        loc = parse_s3(uri)
+        folder = os.path.dirname(path) or "."
+
+        def fetch() -> None:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+            body = response["Body"]
+            fd, tmp = tempfile.mkstemp(prefix=".download.", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    shutil.copyfileobj(body, fh, DOWNLOAD_CHUNK_BYTES)
+                os.replace(tmp, path)
+            finally:
+                body.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+        self._retrying(uri, "download", fetch)
 
     def info(self, uri: str) -> ObjectInfo:
         loc = parse_s3(uri)

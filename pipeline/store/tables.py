@@ -22,7 +22,6 @@ shows a shard twice, and a driver killed between the two commits leaves a claim 
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
@@ -85,15 +84,21 @@ def app_id(run_id: str) -> str:
     return APP_ID_PREFIX + run_id
 
 
-def storage_options(output: str, s3_options: S3Options | None = None) -> dict[str, str] | None:
-    """``deltalake`` storage options for ``output``: ``None`` locally; on S3 the process's AWS
-    credentials (used in memory, never written to a log or a table property), region, endpoint,
-    timeout and conditional writes (``If-None-Match``/``If-Match``), which make concurrent log
-    commits safe on S3 and on S3-compatible stores without a lock service."""
+def storage_options(
+    output: str,
+    s3_options: S3Options | None = None,
+    *,
+    session: boto3.session.Session | None = None,
+) -> dict[str, str] | None:
+    """``deltalake`` storage options for ``output``: ``None`` locally; on S3 the AWS
+    credentials of ``session`` (default: a new one; used in memory, never written to a log or a
+    table property), region, endpoint, timeout and conditional writes
+    (``If-None-Match``/``If-Match``), which make concurrent log commits safe on S3 and on
+    S3-compatible stores without a lock service."""
     if not is_s3(output):
         return None
     options = s3_options or S3Options()
-    session = boto3.session.Session()
+    session = session or boto3.session.Session()
     out = {
         "AWS_REGION": options.region or session.region_name or DEFAULT_REGION,
         "conditional_put": "etag",
@@ -156,12 +161,31 @@ class ResultTables:
         self.layout = OutputLayout(self.root)
         self.s3_options = s3_options
         self._tables: dict[str, DeltaTable] = {}
+        self._session: boto3.session.Session | None = None
+        self._options: dict[str, str] | None = None
+        self._credentials_key: tuple | None = None
         #: The last file list read per table, with the table version it belongs to.
         self._actions: dict[str, tuple[int, pa.Table]] = {}
 
-    @functools.cached_property
+    @property
     def storage_options(self) -> dict[str, str] | None:
-        return storage_options(self.root, self.s3_options)
+        """The current storage options. Credentials that expire (an assumed role, web identity)
+        are refreshed by botocore; when they change, the open tables are reopened with them,
+        so a run longer than its credentials' lifetime keeps committing."""
+        if not is_s3(self.root):
+            return None
+        if self._session is None:
+            self._session = boto3.session.Session()
+        credentials = self._session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        key = (frozen.access_key, frozen.token) if frozen else None
+        if self._options is None or key != self._credentials_key:
+            if self._options is not None:
+                logger.info("AWS credentials changed: reopening the results tables")
+                self._tables.clear()
+            self._options = storage_options(self.root, self.s3_options, session=self._session)
+            self._credentials_key = key
+        return self._options
 
     def uri(self, name: str) -> str:
         return self.layout.table_root(name)
@@ -191,13 +215,14 @@ class ResultTables:
 
     def table(self, name: str, *, refresh: bool = False) -> DeltaTable | None:
         """The Delta table ``name``, or ``None`` when it does not exist yet."""
+        options = self.storage_options  # reopens the tables when credentials changed
         table = self._tables.get(name)
         if table is not None:
             if refresh:
                 table.update_incremental()
             return table
         try:
-            table = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            table = DeltaTable(self.uri(name), storage_options=options)
         except TableNotFoundError:
             return None
         self._tables[name] = table

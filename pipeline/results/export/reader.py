@@ -4,8 +4,10 @@ Rows come from the ``images`` and ``detections`` views of :mod:`pipeline.results
 latest result per image, tombstoned images left out), grouped per image and ordered by image
 URI inside DuckDB, which spills to a temporary folder beyond :data:`DEFAULT_MEMORY_LIMIT`; they
 reach Python in record batches of :data:`BATCH_ROWS` images, so memory is bounded however many
-images the output holds. Only images with ``status = 'ok'`` are yielded; ``error`` ones are
-counted.
+images the output holds. DuckDB reads the tables' Parquet files itself (an output on S3 is
+copied to that temporary folder first, each file once), not through Arrow datasets, whose
+scans its memory limit does not bound (:mod:`pipeline.store.committed`). Only images with
+``status = 'ok'`` are yielded; ``error`` ones are counted.
 
 Boxes are ``x_min, y_min, x_max, y_max`` in pixels of the original image (after EXIF
 orientation), exactly as in the ``detections`` table.
@@ -95,7 +97,7 @@ class ResultsReader:
         self.output = normalize(output)
         self.s3_options = s3_options
         self._spill_dir = tempfile.mkdtemp(prefix="yolo-batch-duckdb-")
-        self.con = connect(self.output, s3_options)
+        self.con = connect(self.output, s3_options, local_dir=os.path.join(self._spill_dir, "data"))
         self.con.execute(f"SET memory_limit = '{_checked_memory_limit(memory_limit)}'")
         self.con.execute("SET temp_directory = ?", [self._spill_dir])
         self.con.execute("SET enable_progress_bar = false")  # it would print to stdout
