@@ -94,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, default=None, help="measure an output written by an earlier --keep"
     )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        help="export: yolo-batch export --memory-limit (default: its own)",
+    )
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--skip-delta", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
@@ -238,7 +243,10 @@ def child(kind: str, raw: str) -> dict:
     started = time.perf_counter()
     result: dict = {}
     if kind == "export":
-        code = cli_main(["export", spec["output"], "--format", "coco", "--dest", spec["dest"]])
+        argv = ["export", spec["output"], "--format", "coco", "--dest", spec["dest"]]
+        if spec["memory_limit"]:
+            argv += ["--memory-limit", spec["memory_limit"]]
+        code = cli_main(argv)
         if code:
             raise SystemExit(f"yolo-batch export exited with {code}")
         result["dest_bytes"] = os.path.getsize(spec["dest"])
@@ -342,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": run_id,
             "new_run_id": new_run_id(),
             "dest": str(workdir / "coco.json"),
+            "memory_limit": args.memory_limit,
             "rows": args.rows,
             "new": int(args.rows * args.new_fraction),
             "change_every": args.change_every,

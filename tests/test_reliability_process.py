@@ -369,6 +369,7 @@ def test_worker_node_lost_mid_run_completes_on_the_remaining_node(
         output,
         "--shard-size",
         2,
+        *PER_SHARD_COMMITS,
         "--actors",
         2,
         "--cpus-per-actor",

@@ -209,7 +209,7 @@ def test_report_is_self_contained_with_the_runs_figures(report_run):
     assert len(reasons) == errors
     for row in reasons:
         assert f"{row['error']} {row['n']}" in text
-    assert "commit marker" in text  # the throughput chart says where its figures come from
+    assert "log of the images table" in text  # where the throughput figures come from
 
 
 def test_report_escapes_names_and_shows_them_literally(report_run):

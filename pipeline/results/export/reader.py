@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 #: Images per record batch read from DuckDB.
 BATCH_ROWS = 2048
 #: DuckDB's working-memory cap while exporting; it spills sorts to a temporary folder beyond.
-DEFAULT_MEMORY_LIMIT = "512MB"
+#: 256MB keeps ``yolo-batch export`` of 10 M images at a 746 MiB peak (512MB: 1,004 MiB) in
+#: the same time (benchmarks/bench_delta_scale.py).
+DEFAULT_MEMORY_LIMIT = "256MB"
 #: DuckDB threads while exporting (each thread holds its own sort buffers).
 DUCKDB_THREADS = 1
 #: Class names listed in an "unknown class" error before it shortens the list.
@@ -206,7 +208,7 @@ class ResultsReader:
         )
         detections = _detections_by_image(detections_file)
         pending = next(detections, None)
-        for batch in pq.ParquetFile(images_file).iter_batches(BATCH_ROWS):
+        for batch in _batches(images_file):
             cols = batch.to_pydict()
             for k, uri in enumerate(cols["image_uri"]):
                 found: list[Detection] = []
@@ -250,7 +252,7 @@ class ResultsReader:
 def _detections_by_image(path: str) -> Iterator[tuple[str, list[Detection]]]:
     """``(image_uri, detections)`` from a Parquet file sorted by image URI, batch by batch."""
     uri, found = None, []
-    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS):
+    for batch in _batches(path):
         cols = batch.to_pydict()
         for k, image_uri in enumerate(cols["image_uri"]):
             if image_uri != uri:
@@ -270,6 +272,12 @@ def _detections_by_image(path: str) -> Iterator[tuple[str, list[Detection]]]:
             )
     if uri is not None:
         yield uri, found
+
+
+def _batches(path: str) -> Iterator[pa.RecordBatch]:
+    """The record batches of a local Parquet file, one row group read at a time (no
+    pre-buffering: it would hold about 50 MB more per file, and two are read at once)."""
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(BATCH_ROWS)
 
 
 def _sql_text(text: str) -> str:

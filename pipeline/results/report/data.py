@@ -49,7 +49,7 @@ MIN_BUCKET_S = 1.0
 DEFAULT_SAMPLES = 12
 
 THROUGHPUT_SOURCE = (
-    "the images table's log: each shard's images count at the time its file was committed, "
+    "the log of the images table: each shard's images count at the time its file was committed, "
     "bucketed from the run's start (a run whose files were compacted has no chart)"
 )
 
