@@ -4,11 +4,10 @@ output's lease (:func:`pipeline.store.maintenance.maintain_output`)."""
 from __future__ import annotations
 
 import argparse
-import logging
 
+from pipeline.cli.maintenance_lease import show_progress, under_lease
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
-from pipeline.errors import EXIT_OK, RunError
-from pipeline.run.lease import Lease, LeaseLostError
+from pipeline.errors import EXIT_OK
 from pipeline.store import maintenance
 from pipeline.store.committed import open_tables
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, TOMBSTONES_TABLE
@@ -55,21 +54,17 @@ def run(args: argparse.Namespace) -> int:
     if not tables.exists():
         print(f"{output} has no results tables yet: nothing to compact")
         return EXIT_OK
-    logging.getLogger(maintenance.__name__).setLevel(
-        min(logging.getLogger().getEffectiveLevel(), logging.INFO)
-    )
+    show_progress(maintenance.__name__)
     run_ids = Ledger(storage, tables.layout).run_ids()
-    lease = Lease(storage, output, command=LEASE_COMMAND)
-    try:
-        with lease:
-            report = maintenance.maintain_output(
-                tables, storage, run_ids, retention_hours=args.retention_hours, check=lease.check
-            )
-    except LeaseLostError:
-        raise RunError(
-            f"lost the lease of {output} while compacting it: another job may be writing it; "
-            "what was done is committed. Run `yolo-batch compact` again once it has ended"
-        ) from None
+    report = under_lease(
+        storage,
+        output,
+        LEASE_COMMAND,
+        lambda check: maintenance.maintain_output(
+            tables, storage, run_ids, retention_hours=args.retention_hours, check=check
+        ),
+        "What was done is committed; run `yolo-batch compact` again once it has ended.",
+    )
     print(summary(output, report))
     return EXIT_OK
 

@@ -4,11 +4,10 @@ Delta tables, in place, under the output's lease (:mod:`pipeline.store.migrate`)
 from __future__ import annotations
 
 import argparse
-import logging
 
+from pipeline.cli.maintenance_lease import show_progress, under_lease
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
-from pipeline.errors import EXIT_OK, RunError
-from pipeline.run.lease import Lease, LeaseLostError
+from pipeline.errors import EXIT_OK
 from pipeline.store import migrate
 from pipeline.store.storage import storage_for
 from pipeline.store.tables import ResultTables
@@ -45,19 +44,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{output} holds no results of an earlier yolo-batch: nothing to migrate")
         return EXIT_OK
-    # Progress of a long conversion shows without -v.
-    logging.getLogger(migrate.__name__).setLevel(
-        min(logging.getLogger().getEffectiveLevel(), logging.INFO)
+    show_progress(migrate.__name__)
+    report = under_lease(
+        storage,
+        output,
+        LEASE_COMMAND,
+        lambda check: migrate.migrate_output(tables, storage, check=check),
+        f"Once it has ended, run `yolo-batch migrate {output}` again to finish.",
     )
-    lease = Lease(storage, output, command=LEASE_COMMAND)
-    try:
-        with lease:
-            report = migrate.migrate_output(tables, storage, check=lease.check)
-    except LeaseLostError:
-        raise RunError(
-            f"lost the lease of {output} while converting it: another job may be writing it. "
-            f"Once it has ended, run `yolo-batch migrate {output}` again to finish"
-        ) from None
     print(summary(output, report))
     return EXIT_OK
 
