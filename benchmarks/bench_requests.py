@@ -28,7 +28,8 @@ Requests are sorted by what they touch: ``log`` (keys and listings under ``_delt
 the tables), ``data`` (the runs' Parquet files), ``runs`` (run records, failure marks) and
 ``source`` (the report's sample images); ``LIST`` is a ``GET`` of the bucket with ``list-type``.
 
-    .venv/bin/python benchmarks/bench_requests.py                       # ~4 min on 2 cores
+    .venv/bin/python benchmarks/bench_requests.py                       # ~2 min on 2 cores
+    .venv/bin/python benchmarks/bench_requests.py --shards 10 100 1000 10000    # ~12 min
     .venv/bin/python benchmarks/bench_requests.py --shards 10 100 --json requests.json
 """
 
@@ -269,6 +270,23 @@ def classify(request: ProxyRequest) -> tuple[str, str]:
     return "other", kind
 
 
+def log_state(server: SeaweedS3Server, prefix: str) -> dict:
+    """The table's latest version, its latest checkpoint's and the commits after it (the
+    commit files a reader opening the table reads), from a listing of its log."""
+    commits, checkpoints = [], []
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    for page in pages:
+        for item in page.get("Contents", ()):
+            name = item["Key"][len(prefix) :]
+            version = name.split(".", 1)[0]
+            if version.isdigit():
+                (checkpoints if ".checkpoint." in name else commits).append(int(version))
+    version = max(commits, default=-1)
+    checkpoint = max(checkpoints, default=None)
+    after = sum(1 for v in commits if checkpoint is None or v > checkpoint)
+    return {"version": version, "checkpoint": checkpoint, "commits_after_checkpoint": after}
+
+
 def dump(path: Path, requests: list[ProxyRequest]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"{classify(r)[0]:7}{r.method:7}{r.path}?{r.query}" for r in requests]
@@ -296,16 +314,19 @@ def print_tables(rows: list[dict]) -> None:
         print(f"\n#### {operation}\n")
         if operation in EARLIER_FORMAT:
             print(f"Earlier format (commit markers): {EARLIER_FORMAT[operation]}.\n")
-        print("| shards (big + small run) | data files | total | log (opening the tables) "
-              "| data files read | run records | other | time (s) |")  # fmt: skip
-        print("|---|---:|---:|---|---|---|---|---:|")
+        print("| shards (big + small run) | data files | log version (commits after checkpoint) "
+              "| total | log (opening the tables) | data files read | run records | other "
+              "| time (s) |")  # fmt: skip
+        print("|---|---:|---|---:|---|---|---|---|---:|")
         for row in rows:
             m = row["operations"][operation]
             other = {**m["other"], **{f"src {k}": v for k, v in m["source"].items()}}
             other_text = " + ".join(f"{v} {k}" for k, v in other.items()) or "0"
+            log = row["images_log"]
             print(
                 f"| {row['big_shards']:,} + {row['small_shards']} | {row['data_files']:,} "
-                f"| {m['total']:,} | {methods(m['log'])} | {methods(m['data'])} "
+                f"| {log['version']} ({log['commits_after_checkpoint']}) | {m['total']:,} "
+                f"| {methods(m['log'])} | {methods(m['data'])} "
                 f"| {methods(m['runs'])} | {other_text} | {m['found']['seconds']} |"
             )
 
@@ -347,16 +368,11 @@ def main(argv: list[str] | None = None) -> int:
             big_run = build_run(output, direct, big, time.time() - 7200, args)
             small_run = build_run(output, direct, args.small_shards, time.time() - 60, args)
             built = time.perf_counter() - started
-            log_files = sum(
-                1
-                for page in server.client()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=BUCKET, Prefix=f"out-{big}/images/_delta_log/")
-                for _ in page.get("Contents", ())
-            )
+            log = log_state(server, f"out-{big}/images/_delta_log/")
             print(
-                f"\n{big} + {args.small_shards} shards written and committed in "
-                f"{built:.1f} s ({log_files} objects in images/_delta_log/)",
+                f"\n{big} + {args.small_shards} shards written and committed in {built:.1f} s "
+                f"(images log: version {log['version']}, checkpoint {log['checkpoint']}, "
+                f"{log['commits_after_checkpoint']} commits after it)",
                 flush=True,
             )
             spec = {
@@ -370,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 "big_shards": big,
                 "small_shards": args.small_shards,
                 "data_files": 2 * (big + args.small_shards),
-                "images_log_objects": log_files,
+                "images_log": log,
                 "build_s": round(built, 1),
                 "operations": {},
             }

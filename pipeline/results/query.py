@@ -29,6 +29,7 @@ from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
 from pipeline.store.storage import storage_for
+from pipeline.store.tables import ResultTables
 from pipeline.store.uris import normalize
 
 logger = logging.getLogger(__name__)
@@ -49,17 +50,24 @@ _DELTA_COLUMNS = (
 
 
 def connect(
-    output: str, s3_options: S3Options | None = None, *, local_dir: str | None = None
+    output: str,
+    s3_options: S3Options | None = None,
+    *,
+    local_dir: str | None = None,
+    tables: ResultTables | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the result views of ``output`` registered.
 
     ``local_dir``: DuckDB reads the tables' files itself (bounded by its memory limit), copying
     files on S3 into this folder first; for scans of the whole output (export). Without it the
-    tables are Arrow datasets (:func:`pipeline.store.committed.register_tables`)."""
+    tables are Arrow datasets (:func:`pipeline.store.committed.register_tables`).
+    ``tables``: ``output``'s tables (:func:`~pipeline.store.committed.open_tables`) when the
+    caller reads them too: opening them again would read their logs again."""
     output = normalize(output)
     storage = storage_for(output, s3_options)
     ledger = Ledger(storage, OutputLayout(output))
-    tables = open_tables(output, s3_options)
+    if tables is None:
+        tables = open_tables(output, s3_options)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it would print to stdout
     register_tables(con, tables, local_dir=local_dir, storage=storage)

@@ -192,9 +192,8 @@ class ResultTables:
 
     # ------------------------------------------------------------ lifecycle
     def exists(self, name: str = IMAGES_TABLE) -> bool:
-        if name in self._tables:
-            return True
-        return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
+        """Whether table ``name`` exists (opening it, which later calls reuse)."""
+        return self.table(name) is not None
 
     def create(self) -> None:
         """Create every table that does not exist yet (empty, partitioned by run)."""

@@ -99,7 +99,13 @@ class ResultsReader:
         self.output = normalize(output)
         self.s3_options = s3_options
         self._spill_dir = tempfile.mkdtemp(prefix="yolo-batch-duckdb-")
-        self.con = connect(self.output, s3_options, local_dir=os.path.join(self._spill_dir, "data"))
+        self._tables = open_tables(self.output, s3_options)
+        self.con = connect(
+            self.output,
+            s3_options,
+            local_dir=os.path.join(self._spill_dir, "data"),
+            tables=self._tables,
+        )
         self.con.execute(f"SET memory_limit = '{_checked_memory_limit(memory_limit)}'")
         self.con.execute("SET temp_directory = ?", [self._spill_dir])
         self.con.execute("SET enable_progress_bar = false")  # it would print to stdout
@@ -123,7 +129,7 @@ class ResultsReader:
         """The newest run's class list: the dictionary of a ``class_name`` column chunk of one of
         its files (located from the log's statistics, one footer and one column read); for an
         output whose detections were all compacted, the class ids and names seen in them."""
-        table = open_tables(self.output, self.s3_options).table(DETECTIONS_TABLE)
+        table = self._tables.table(DETECTIONS_TABLE)
         if table is None:
             return ()
         files = pa.table(table.get_add_actions(flatten=True))

@@ -19,7 +19,7 @@ from pipeline.results.report.gallery import Sample, load_samples
 from pipeline.store.committed import open_tables
 from pipeline.store.layout import IMAGES_TABLE
 from pipeline.store.s3 import S3Options
-from pipeline.store.tables import shard_of_file
+from pipeline.store.tables import ResultTables, shard_of_file
 from pipeline.store.uris import normalize
 from yolov4.errors import YoloError
 
@@ -120,7 +120,8 @@ def collect(
     if samples < 0:
         raise ValueError(f"the number of samples must be 0 or more, got {samples}")
     output = normalize(output)
-    con = connect(output, s3_options)
+    tables = open_tables(output, s3_options)
+    con = connect(output, s3_options, tables=tables)
     try:
         run = _run_row(con, output, run_id)
         run_id = run["run_id"]
@@ -152,7 +153,7 @@ def collect(
             detections_per_image_bins=_detections_per_image_bins(con),
             errors=error_rows,
             errors_not_shown=errors_not_shown,
-            throughput=_throughput(con, output, run, s3_options),
+            throughput=_throughput(tables, run),
         )
         data.samples = load_samples(con, samples, s3_options)
         return data
@@ -244,14 +245,9 @@ def _errors(con: duckdb.DuckDBPyConnection) -> tuple[list[ErrorReason], int]:
     return shown, int(total) - sum(e.count for e in shown)
 
 
-def _throughput(
-    con: duckdb.DuckDBPyConnection,
-    output: str,
-    run: dict[str, Any],
-    s3_options: S3Options | None,
-) -> list[ThroughputBucket]:
+def _throughput(tables: ResultTables, run: dict[str, Any]) -> list[ThroughputBucket]:
     """Images committed per time bucket, from the log's commit times and row counts."""
-    committed = commit_times(output, run["run_id"], s3_options)
+    committed = commit_times(tables.root, run["run_id"], tables=tables)
     if not committed:
         return []
     times = {shard_id: when for shard_id, (when, _) in committed.items()}
@@ -267,11 +263,18 @@ def _throughput(
 
 
 def commit_times(
-    output: str, run_id: str, s3_options: S3Options | None = None
+    output: str,
+    run_id: str,
+    s3_options: S3Options | None = None,
+    *,
+    tables: ResultTables | None = None,
 ) -> dict[int, tuple[float, int]]:
     """Each committed shard's commit time (epoch seconds) and images, from the ``images``
-    log alone; empty when the run's files were compacted (they no longer map to shards)."""
-    files = open_tables(output, s3_options).run_files(IMAGES_TABLE, run_id)
+    log alone; empty when the run's files were compacted (they no longer map to shards).
+    ``tables``: ``output``'s tables when they are open already (their log is not read again)."""
+    if tables is None:
+        tables = open_tables(output, s3_options)
+    files = tables.run_files(IMAGES_TABLE, run_id)
     if files.num_rows == 0:
         return {}
     out = {}
