@@ -308,8 +308,9 @@ def test_delta_reads_committed_files_itself_with_the_same_answer(where, tmp_path
     folder = tmp_path / ("glob [x]" if "glob" in where else "out")
     folder.mkdir()
     paths = []
-    for run in (RUN_1, RUN_2):
-        path = folder / f"run_id={run}.parquet"
+    for run in (RUN_1, RUN_2):  # as the images table lays them out: TABLE/run_id=RUN/FILE
+        path = folder / "images" / f"run_id={run}" / "shard-000000-a1-0123abcd.parquet"
+        path.parent.mkdir(parents=True)
         rows = [r for r in earlier if r[4] == run]
         names = ("image_uri", "etag", "status", "error", "run_id")
         pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}), path)
@@ -321,7 +322,7 @@ def test_delta_reads_committed_files_itself_with_the_same_answer(where, tmp_path
         storage = S3Storage()
         uris = []
         for path in paths:
-            uri = f"{prefix}images/{Path(path).name}"
+            uri = f"{prefix}images/{Path(path).parent.name}/{Path(path).name}"
             storage.write_bytes(uri, Path(path).read_bytes())
             uris.append(uri)
         paths = uris
