@@ -20,7 +20,7 @@ READ_TIMEOUT_S = 120
 
 _READER = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import polars as pl
 
     output, images_columns, detections_columns = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -28,7 +28,8 @@ _READER = textwrap.dedent(
     for table, columns in (("images", images_columns), ("detections", detections_columns)):
         frame = pl.read_delta(f"{output}/{table}").select(columns.split(","))
         out[table] = frame.with_columns(pl.col(pl.Float32).cast(pl.Float64)).rows()
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
+    os._exit(0)  # no teardown of native thread pools (it can abort a finished process)
     """
 )
 

@@ -486,7 +486,7 @@ def write_synthetic_output(root: Path, num_images: int) -> None:
 #: (libraries loaded, DuckDB started), then after exporting the measured output.
 _MEASURE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, os, resource, sys
     from pipeline.results.export import ExportOptions, export_results
 
     warmup, output, fmt, dest = sys.argv[1:5]
@@ -496,7 +496,8 @@ _MEASURE = textwrap.dedent(
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"before_kib": before, "after_kib": after,
                       "images": summary.images, "detections": summary.detections,
-                      "errors": summary.skipped_error_images}))
+                      "errors": summary.skipped_error_images}), flush=True)
+    os._exit(0)  # no teardown of native thread pools (it can abort a finished process)
     """
 )
 #: Images of the warm-up output.

@@ -11,7 +11,10 @@ failed shards, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
+import os
 import sys
 
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OutputError, RunError
@@ -102,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def entry_point() -> None:
+    """The ``yolo-batch`` console script: :func:`main`, then exit without finalising the
+    interpreter.
+
+    ``atexit`` handlers run as on any exit (Ray's shutdown among them), the streams are
+    flushed, and the process ends with :func:`os._exit`: the native thread pools of the Delta
+    and Arrow libraries are then never destroyed mid-teardown, which otherwise aborts the
+    process now and then ("terminate called without an active exception", exit 134) after its
+    work is done, turning a success into a failure for a scheduler.
+    """
+    code = main()
+    atexit._run_exitfuncs()  # what interpreter shutdown would run first
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return f"file not found: {exc.filename}; check the path"
@@ -109,4 +130,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry_point()

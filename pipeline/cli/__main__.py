@@ -1,7 +1,5 @@
 """``python -m pipeline.cli``: the same as the ``yolo-batch`` console script."""
 
-import sys
+from pipeline.cli import entry_point
 
-from pipeline.cli import main
-
-sys.exit(main())
+entry_point()
