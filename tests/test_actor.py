@@ -157,7 +157,7 @@ def as_expected(detections) -> list[tuple]:
 
 def test_every_object_has_one_images_row_in_plan_order(shard, shard_dir):
     _, plan = shard_dir
-    images = read(shard.files["images"]).to_pylist()
+    images = read(shard.files["images"].uri).to_pylist()
     assert [row["image_uri"] for row in images] == [uri for uri, _ in plan]
     for row, (uri, expect) in zip(images, plan):
         assert (row["run_id"], row["shard_id"]) == (RUN_ID, SHARD_ID)
@@ -181,8 +181,8 @@ def test_every_object_has_one_images_row_in_plan_order(shard, shard_dir):
 def test_result_counts_and_timings(shard, shard_dir):
     _, plan = shard_dir
     good = [uri for uri, expect in plan if isinstance(expect, int)]
-    detections = read(shard.files["detections"])
-    images = read(shard.files["images"])
+    detections = read(shard.files["detections"].uri)
+    images = read(shard.files["images"].uri)
     assert (shard.run_id, shard.shard_id, shard.attempt, shard.attempt_token) == (
         RUN_ID,
         SHARD_ID,
@@ -205,44 +205,47 @@ def test_result_counts_and_timings(shard, shard_dir):
 
 def test_detections_equal_detector_detect(shard, shard_dir, reference):
     _, plan = shard_dir
-    detections = rows_by_uri(read(shard.files["detections"]))
-    images = {row["image_uri"]: row for row in read(shard.files["images"]).to_pylist()}
+    detections = rows_by_uri(read(shard.files["detections"].uri))
+    images = {row["image_uri"]: row for row in read(shard.files["images"].uri).to_pylist()}
     for uri, expect in plan:
         if not isinstance(expect, int):
             assert uri not in detections
             continue
         assert_same_detections(detections[uri], as_expected(reference[expect]))
         assert images[uri]["num_detections"] == len(reference[expect])
-    rows = read(shard.files["detections"]).to_pylist()
+    rows = read(shard.files["detections"].uri).to_pylist()
     assert {row["run_id"] for row in rows} == {RUN_ID}
     order = [[uri for uri, _ in plan].index(row["image_uri"]) for row in rows]
     assert order == sorted(order)  # detections follow the plan's image order
 
 
 def test_files_have_the_contract_schemas(shard, tmp_path):
-    assert shard.files["detections"].endswith(
+    assert shard.files["detections"].uri.endswith(
         f"detections/run_id={RUN_ID}/shard-{SHARD_ID:06d}-a1.parquet"
     )
-    assert shard.files["images"].endswith(f"images/run_id={RUN_ID}/shard-{SHARD_ID:06d}-a1.parquet")
-    assert read(shard.files["detections"]).schema.equals(DETECTIONS_SCHEMA)
-    assert read(shard.files["images"]).schema.equals(IMAGES_SCHEMA)
-    metadata = pq.ParquetFile(shard.files["detections"]).metadata
+    assert shard.files["images"].uri.endswith(
+        f"images/run_id={RUN_ID}/shard-{SHARD_ID:06d}-a1.parquet"
+    )
+    assert read(shard.files["detections"].uri).schema.equals(DETECTIONS_SCHEMA)
+    assert read(shard.files["images"].uri).schema.equals(IMAGES_SCHEMA)
+    metadata = pq.ParquetFile(shard.files["detections"].uri).metadata
     assert metadata.row_group(0).column(0).compression == "ZSTD"
-    class_names = read(shard.files["detections"]).column("class_name").combine_chunks()
+    class_names = read(shard.files["detections"].uri).column("class_name").combine_chunks()
     assert class_names.type == pa.dictionary(pa.int16(), pa.string())
     assert len(class_names.dictionary) == 80  # the model's class list, indexed by class id
 
 
 def test_another_attempt_writes_new_files_and_leaves_the_old(processor, shard, shard_dir):
     _, plan = shard_dir
-    old = {name: Path(uri).read_bytes() for name, uri in shard.files.items()}
-    output = Path(shard.files["images"]).parents[2]
+    old = {name: Path(f.uri).read_bytes() for name, f in shard.files.items()}
+    output = Path(shard.files["images"].uri).parents[2]
     second = processor.process(make_task(output, [uri for uri, _ in plan], token="b2", attempt=2))
     assert second.attempt == 2
-    for name, uri in second.files.items():
-        assert uri != shard.files[name] and uri.endswith("-b2.parquet")
-        assert Path(shard.files[name]).read_bytes() == old[name]
-        assert read(uri).equals(read(shard.files[name]))
+    for name, data_file in second.files.items():
+        uri = data_file.uri
+        assert uri != shard.files[name].uri and uri.endswith("-b2.parquet")
+        assert Path(shard.files[name].uri).read_bytes() == old[name]
+        assert read(uri).equals(read(shard.files[name].uri))
 
 
 def test_batch_size_one_gives_the_same_rows(model, shard, shard_dir, tmp_path):
@@ -252,9 +255,9 @@ def test_batch_size_one_gives_the_same_rows(model, shard, shard_dir, tmp_path):
     with ShardProcessor(spec, weights, config) as one:
         result = one.process(make_task(tmp_path, [uri for uri, _ in plan]))
     assert result.num_batches == shard.num_ok
-    assert read(result.files["images"]).equals(read(shard.files["images"]))
-    got = rows_by_uri(read(result.files["detections"]))
-    expected = rows_by_uri(read(shard.files["detections"]))
+    assert read(result.files["images"].uri).equals(read(shard.files["images"].uri))
+    got = rows_by_uri(read(result.files["detections"].uri))
+    expected = rows_by_uri(read(shard.files["detections"].uri))
     assert got.keys() == expected.keys()
     for uri, rows in expected.items():
         assert_same_detections(
@@ -282,7 +285,7 @@ def test_objects_over_the_byte_limit_are_error_rows(model, sample_images, tmp_pa
     )
     with ShardProcessor(spec, weights, ActorConfig(max_image_bytes=limit)) as proc:
         result = proc.process(task)
-    rows = read(result.files["images"]).to_pylist()
+    rows = read(result.files["images"].uri).to_pylist()
     message = f"too large: {bus_size} bytes, over the limit of {limit}"
     assert [(r["status"], r["error"]) for r in rows] == [
         (STATUS_ERROR, message),
@@ -297,7 +300,7 @@ def test_objects_over_the_byte_limit_are_error_rows(model, sample_images, tmp_pa
 def test_empty_shard_writes_empty_files_with_the_schemas(processor, tmp_path):
     result = processor.process(make_task(tmp_path, []))
     assert (result.num_images, result.num_detections, result.num_batches) == (0, 0, 0)
-    detections, images = read(result.files["detections"]), read(result.files["images"])
+    detections, images = read(result.files["detections"].uri), read(result.files["images"].uri)
     assert detections.num_rows == images.num_rows == 0
     assert detections.schema.equals(DETECTIONS_SCHEMA)
     assert images.schema.equals(IMAGES_SCHEMA)
@@ -307,8 +310,8 @@ def test_shard_with_only_failures_has_no_detections(processor, tmp_path):
     uris = [str(tmp_path / f"gone-{i}.jpg") for i in range(3)]
     result = processor.process(make_task(tmp_path / "out", uris))
     assert (result.num_errors, result.num_detections) == (3, 0)
-    assert read(result.files["detections"]).num_rows == 0
-    assert read(result.files["images"]).column("error").to_pylist() == ["not found"] * 3
+    assert read(result.files["detections"].uri).num_rows == 0
+    assert read(result.files["images"].uri).column("error").to_pylist() == ["not found"] * 3
 
 
 def test_output_write_failure_raises(processor, sample_images, tmp_path):
@@ -443,7 +446,7 @@ def test_concurrent_shards_take_the_model_in_turns_and_write_while_the_next_runs
             want.num_detections,
         )
         for table in ("images", "detections"):
-            assert read(got.files[table]).equals(read(want.files[table]))
+            assert read(got.files[table].uri).equals(read(want.files[table].uri))
 
 
 def test_the_next_batch_is_staged_while_the_model_runs_one(model, sample_images, tmp_path):
@@ -484,9 +487,9 @@ def test_compiled_model_writes_the_same_rows(model, shard, shard_dir, tmp_path):
         assert proc.detector.compiled and proc.detector._compiled_batch > 0
         result = proc.process(make_task(tmp_path, [uri for uri, _ in plan]))
     assert (result.num_ok, result.num_detections) == (shard.num_ok, shard.num_detections)
-    assert read(result.files["images"]).equals(read(shard.files["images"]))
-    got = rows_by_uri(read(result.files["detections"]))
-    for uri, rows in rows_by_uri(read(shard.files["detections"])).items():
+    assert read(result.files["images"].uri).equals(read(shard.files["images"].uri))
+    got = rows_by_uri(read(result.files["detections"].uri))
+    for uri, rows in rows_by_uri(read(shard.files["detections"].uri)).items():
         assert_same_detections(got[uri], [
             (r["class_id"], r["class_name"], r["score"], [r[k] for k in BOX_KEYS]) for r in rows
         ])  # fmt: skip
@@ -540,8 +543,8 @@ def test_ray_actor_loads_the_model_and_processes_a_shard(
         shard.num_ok,
         shard.num_detections,
     )
-    assert read(result.files["images"]).equals(read(shard.files["images"]))
-    assert read(result.files["detections"]).num_rows == shard.num_detections
+    assert read(result.files["images"].uri).equals(read(shard.files["images"].uri))
+    assert read(result.files["detections"].uri).num_rows == shard.num_detections
     ray.get(actor.close.remote())
     ray.kill(actor)
 
@@ -563,12 +566,12 @@ def test_s3_images_in_s3_results_out(s3_env, s3_prefix, model, sample_images, re
     task = ShardTask(RUN_ID, SHARD_ID, 1, "s3a", output, tuple(objects))
     with ShardProcessor(spec, weights, ActorConfig(batch_size=2, fetch_threads=4)) as proc:
         result = proc.process(task)
-    assert result.files["images"] == (
+    assert result.files["images"].uri == (
         f"{output}/images/run_id={RUN_ID}/shard-{SHARD_ID:06d}-s3a.parquet"
     )
     tables = {
-        name: pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
-        for name, uri in result.files.items()
+        name: pq.read_table(pa.BufferReader(storage.read_bytes(data_file.uri)))
+        for name, data_file in result.files.items()
     }
     images = {row["image_uri"]: row for row in tables["images"].to_pylist()}
     assert list(images) == [obj.uri for obj in objects]

@@ -70,8 +70,8 @@ def run_shard(model, mode: str, paths: list[Path], output: Path):
     with ShardProcessor(spec, weights, config) as processor:
         assert processor.decode_mode == mode
         result = processor.process(make_task(output, [str(p) for p in paths]))
-    images = pq.read_table(result.files["images"]).to_pylist()
-    detections = pq.read_table(result.files["detections"]).to_pylist()
+    images = pq.read_table(result.files["images"].uri).to_pylist()
+    detections = pq.read_table(result.files["detections"].uri).to_pylist()
     per_image = [
         [
             Detection(d["x_min"], d["y_min"], d["x_max"], d["y_max"], d["score"], d["class_id"], "")

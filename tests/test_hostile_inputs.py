@@ -547,7 +547,7 @@ def test_the_pixel_limit_is_the_configured_one(tiny_weights_path, sample_images,
         task = ShardTask("run", 0, 1, f"limit{limit}", str(tmp_path / str(limit)), (bus,))
         with ShardProcessor(spec, weights, config, cpus=1) as processor:
             result = processor.process(task)
-        rows.append(pq.read_table(result.files["images"]).to_pylist()[0])
+        rows.append(pq.read_table(result.files["images"].uri).to_pylist()[0])
     low, high = rows
     assert (low["status"], low["width"]) == ("error", None)
     assert low["error"] == (
