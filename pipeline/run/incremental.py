@@ -230,14 +230,17 @@ class Delta:
             and not tables.run_files(TOMBSTONES_TABLE, run_id).num_rows
         ):
             return 0
-        reader = self._batches(
-            f"SELECT p.image_uri, '{_sql_text(run_id)}' AS run_id "
-            "FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
-        )
-        rows = pa.RecordBatchReader.from_batches(
-            TOMBSTONE_SCHEMA, (batch.cast(TOMBSTONE_SCHEMA) for batch in reader)
-        )
-        tables.replace_tombstones(run_id, rows)
+
+        def rows() -> pa.RecordBatchReader:  # a fresh stream for every attempt
+            batches = self._batches(
+                f"SELECT p.image_uri, '{_sql_text(run_id)}' AS run_id "
+                "FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
+            )
+            return pa.RecordBatchReader.from_batches(
+                TOMBSTONE_SCHEMA, (batch.cast(TOMBSTONE_SCHEMA) for batch in batches)
+            )
+
+        tables.retrying("writing the tombstones", lambda: tables.replace_tombstones(run_id, rows()))
         return self.counts.objects_deleted
 
     def _batches(self, sql: str) -> pa.RecordBatchReader:

@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import boto3
 import pyarrow as pa
@@ -33,7 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from pipeline import faults
@@ -50,8 +52,10 @@ from pipeline.store.s3 import DEFAULT_REGION, S3Options
 from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage
 from pipeline.store.uris import is_s3, join, normalize
+from yolov4.retry import backoff_s
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Every results table is partitioned by run: one run's queries read one folder.
 PARTITION_COLUMN = "run_id"
@@ -72,6 +76,12 @@ SHARD_TABLES = (DETECTIONS_TABLE, IMAGES_TABLE)
 CHECKPOINT_INTERVAL = 20
 #: Table properties (never credentials).
 TABLE_CONFIGURATION = {"delta.checkpointInterval": str(CHECKPOINT_INTERVAL)}
+#: Attempts at opening, refreshing or creating a table when the store fails transiently, on top
+#: of the object-store client's own retries (it gives up on a connection reset during a
+#: conditional PUT, for one); the wait between them doubles from the first, capped.
+DELTA_IO_ATTEMPTS = 4
+DELTA_IO_BACKOFF_S = 0.5
+DELTA_IO_BACKOFF_MAX_S = 8.0
 #: Application-transaction id of a run's commits: ``yolo-batch/RUN_ID``.
 APP_ID_PREFIX = "yolo-batch/"
 #: Commits of one batch that conflict with another driver's before the batch gives up.
@@ -200,16 +210,19 @@ class ResultTables:
         for name, schema in TABLE_SCHEMAS.items():
             if self.exists(name):
                 continue
-            create_table_with_add_actions(
-                self.uri(name),
-                DeltaSchema.from_arrow(schema),
-                [],
-                mode="ignore",
-                partition_by=[PARTITION_COLUMN],
-                name=name,
-                description=TABLE_DESCRIPTIONS[name],
-                configuration=TABLE_CONFIGURATION,
-                storage_options=self.storage_options,
+            self.retrying(
+                f"creating the {name} table",
+                lambda name=name, schema=schema: create_table_with_add_actions(
+                    self.uri(name),
+                    DeltaSchema.from_arrow(schema),
+                    [],
+                    mode="ignore",  # a creation whose reply was lost is not an error
+                    partition_by=[PARTITION_COLUMN],
+                    name=name,
+                    description=TABLE_DESCRIPTIONS[name],
+                    configuration=TABLE_CONFIGURATION,
+                    storage_options=self.storage_options,
+                ),
             )
 
     def table(self, name: str, *, refresh: bool = False) -> DeltaTable | None:
@@ -218,10 +231,13 @@ class ResultTables:
         table = self._tables.get(name)
         if table is not None:
             if refresh:
-                table.update_incremental()
+                self.retrying(f"reading the {name} log", table.update_incremental)
             return table
         try:
-            table = DeltaTable(self.uri(name), storage_options=options)
+            table = self.retrying(
+                f"opening the {name} table",
+                lambda: DeltaTable(self.uri(name), storage_options=options),
+            )
         except TableNotFoundError:
             return None
         self._tables[name] = table
@@ -234,6 +250,29 @@ class ResultTables:
         if table is None:
             return TABLE_SCHEMAS[name].empty_table()
         return table.to_pyarrow_dataset()
+
+    def retrying(self, what: str, operation: Callable[[], T]) -> T:
+        """``operation()``, tried :data:`DELTA_IO_ATTEMPTS` times while the store fails
+        transiently (an ``OSError`` or a ``deltalake`` error other than a missing table or a
+        commit conflict, which callers handle)."""
+        for attempt in range(1, DELTA_IO_ATTEMPTS + 1):
+            try:
+                return operation()
+            except (TableNotFoundError, CommitFailedError):
+                raise
+            except (OSError, DeltaError) as exc:
+                if attempt == DELTA_IO_ATTEMPTS:
+                    raise
+                delay = backoff_s(attempt, DELTA_IO_BACKOFF_S, DELTA_IO_BACKOFF_MAX_S)
+                logger.warning(
+                    "%s under %s failed (%s); trying again in %.1f s",
+                    what,
+                    self.root,
+                    " ".join(str(exc).split())[:300],
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ the log
     def run_files(self, name: str, run_id: str) -> pa.Table:
@@ -421,7 +460,19 @@ class ResultTables:
         """Finish what a driver killed between a batch's two commits left: a shard claimed in
         ``detections`` but missing from ``images`` gets its ``images`` file committed (read
         back for its statistics), or, when that file is gone, its claim removed so the shard
-        runs again. Returns the shards committed here."""
+        runs again. Returns the shards committed here. Each try re-reads the logs, so a try
+        that failed half-way (or whose commit reply was lost) is simply tried again."""
+        for attempt in range(1, DELTA_IO_ATTEMPTS + 1):
+            try:
+                return self._reconcile_once(run_id, storage)
+            except (OSError, DeltaError) as exc:
+                if attempt == DELTA_IO_ATTEMPTS:
+                    raise
+                logger.warning("completing run %s's claims failed (%s); again", run_id, exc)
+                time.sleep(backoff_s(attempt, DELTA_IO_BACKOFF_S, DELTA_IO_BACKOFF_MAX_S))
+        raise AssertionError("unreachable")
+
+    def _reconcile_once(self, run_id: str, storage: Storage) -> list[int]:
         if self.table(IMAGES_TABLE) is None:
             return []
         claims = self._logged_fresh(DETECTIONS_TABLE, run_id)
