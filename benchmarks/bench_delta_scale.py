@@ -246,9 +246,8 @@ def child(kind: str, raw: str) -> dict:
     else:
         import duckdb
 
-        from pipeline.run.incremental import Delta
+        from pipeline.run.incremental import Delta, _earlier_files
         from pipeline.run.plan import PlannedObject
-        from pipeline.run.planning import _earlier_files
         from pipeline.store.committed import register_tables
     baseline = _status_kib("VmRSS")
     started = time.perf_counter()

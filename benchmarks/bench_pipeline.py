@@ -611,7 +611,8 @@ def plan_child(objects: int, shard_size: int, output: str) -> None:
     parent's larger peak (Linux carries ``ru_maxrss`` over fork + exec).
     """
     inherited = _maxrss_mib() > _proc_status_mib("VmHWM") + 4
-    from pipeline.run.plan import read_plan_summary, read_shard, write_plan
+    from pipeline.run.plan import read_plan_summary, read_shard
+    from pipeline.run.planner import write_plan
     from pipeline.store.layout import OutputLayout
     from pipeline.store.sources import SourceObject
     from pipeline.store.storage import LocalStorage

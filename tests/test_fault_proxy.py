@@ -14,6 +14,7 @@ import os
 import time
 import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -39,6 +40,12 @@ CLIENT_READ_TIMEOUT_S = 0.5
 SLOW_S = 2.0
 #: Bytes of the test object: several TCP segments, so half a body is a real partial read.
 OBJECT_BYTES = 300_000
+#: Latency of the concurrency test, and how many GETs it sends at once.
+LATENCY_S = 0.2
+CONCURRENT_GETS = 8
+#: The concurrent GETs must all finish within this many latencies (serialised: 8).
+CONCURRENT_BOUND = 4
+CONCURRENT_TIMEOUT_S = 10.0
 #: Requests drawn in the rate test, and how far the injected share may stray from the rate.
 RATE_REQUESTS = 400
 RATE_TOLERANCE = 0.06
@@ -50,7 +57,7 @@ def proxy(s3_server):
         yield running
 
 
-def raw_client(s3_server, endpoint_url: str):
+def raw_client(s3_server, endpoint_url: str, read_timeout: float = CLIENT_READ_TIMEOUT_S):
     """A boto3 client with botocore's retries off: one attempt per call."""
     return boto3.client(
         "s3",
@@ -61,7 +68,7 @@ def raw_client(s3_server, endpoint_url: str):
         config=Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=2,
-            read_timeout=CLIENT_READ_TIMEOUT_S,
+            read_timeout=read_timeout,
             s3={"addressing_style": "path"},
         ),
     )
@@ -246,3 +253,36 @@ def test_latency_holds_every_response_and_changes_nothing_else(s3_server, s3_buc
         assert slow.stats().injected() == 0
     with pytest.raises(ValueError, match="latency_s"):
         FaultProxy(s3_server.endpoint_url, latency_s=-1.0)
+
+
+def test_latency_is_waited_concurrently_not_in_turn(s3_server, s3_bucket, key_prefix):
+    """Set after the start, the latency holds each GET at least that long; GETs sent together
+    wait it out together (one thread per connection), so 8 take far less than 8 latencies."""
+    keys = [f"{key_prefix}concurrent-{i}.bin" for i in range(CONCURRENT_GETS)]
+    direct = s3_server.client()
+    for key in keys:
+        direct.put_object(Bucket=s3_bucket, Key=key, Body=key.encode())
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        # A read timeout far past the latency: a slow round on a busy machine fails the bound,
+        # never with a timeout.
+        client = raw_client(s3_server, proxy.endpoint_url, read_timeout=CONCURRENT_TIMEOUT_S)
+
+        def get(key: str) -> bytes:
+            return client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+
+        assert get(keys[0]) == keys[0].encode()  # connection and credentials warmed up
+        proxy.set_latency(LATENCY_S)
+        started = time.monotonic()
+        get(keys[0])
+        assert time.monotonic() - started >= LATENCY_S
+
+        with ThreadPoolExecutor(CONCURRENT_GETS) as pool:
+            started = time.monotonic()
+            bodies = list(pool.map(get, keys))
+            elapsed = time.monotonic() - started
+        assert bodies == [key.encode() for key in keys]
+        assert elapsed >= LATENCY_S
+        assert elapsed < CONCURRENT_BOUND * LATENCY_S, elapsed
+        assert proxy.stats().requests["GET"] == 2 + CONCURRENT_GETS
+        with pytest.raises(ValueError, match="latency_s"):
+            proxy.set_latency(-0.1)

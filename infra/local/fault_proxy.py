@@ -18,12 +18,14 @@ injects, on a configurable fraction of requests, the faults a real store produce
 - ``deny`` (never mixed in: name it in a rule): not forwarded; ``403 AccessDenied``, as a store
   answers a credential that lacks a permission.
 
-Independently of faults, ``latency_s`` holds every response that long before its first byte,
-as a remote store's time to first byte (tens of milliseconds for S3 within a region) does: for
-benchmarks of how well a client hides it. With ``record=True`` it also keeps every request's
-method, decoded path and query (:meth:`FaultProxy.requests`), so a benchmark can tell a
-``ListObjectsV2`` (a ``GET`` of the bucket with ``list-type=2``) from an object ``GET`` and
-sort requests by key.
+Independently of faults, ``latency_s`` holds every request that long before it is forwarded
+(or answered with its fault), as a remote store's round trip (tens of milliseconds for S3
+within a region) does: for benchmarks of how well a client hides it. Each client connection is
+served by its own thread, so concurrent requests wait out their latency together, not in turn;
+:meth:`FaultProxy.set_latency` changes it while running. With ``record=True`` it also keeps
+every request's method, decoded path and query (:meth:`FaultProxy.requests`), so a benchmark
+can tell a ``ListObjectsV2`` (a ``GET`` of the bucket with ``list-type=2``) from an object
+``GET`` and sort requests by key.
 
 It is hand-written on the standard library because it needs byte-level control of the
 connection (half a body, then a reset; headers, then silence); no maintained proxy library
@@ -185,7 +187,7 @@ class FaultProxy:
         upstream: the store's endpoint URL (``http://host:port``).
         seed: seeds the fault draws (one draw per request, in arrival order).
         slow_s: seconds a ``slow`` / ``stall`` fault stays silent.
-        latency_s: seconds every response is held before it is sent (0: none).
+        latency_s: seconds every request is held before it is forwarded (0: none).
         record: keep every request (:meth:`requests`), not only the counts by method.
     """
 
@@ -198,9 +200,7 @@ class FaultProxy:
         latency_s: float = 0.0,
         record: bool = False,
     ) -> None:
-        if latency_s < 0:
-            raise ValueError(f"latency_s must be at least 0, got {latency_s}")
-        self.latency_s = latency_s
+        self.latency_s = _checked_latency(latency_s)
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"upstream must be an http://host:port URL, got {upstream!r}")
@@ -236,6 +236,11 @@ class FaultProxy:
             self._forced = [rule.first for rule in flat]
             if slow_s is not None:
                 self.slow_s = slow_s
+
+    def set_latency(self, latency_s: float) -> None:
+        """Hold every request ``latency_s`` seconds before forwarding it, from now on (0: none);
+        requests already waiting keep the latency they started with."""
+        self.latency_s = _checked_latency(latency_s)
 
     def stats(self) -> ProxyStats:
         with self._lock:
@@ -313,6 +318,12 @@ class FaultProxy:
         return kind
 
 
+def _checked_latency(latency_s: float) -> float:
+    if latency_s < 0:
+        raise ValueError(f"latency_s must be at least 0, got {latency_s}")
+    return float(latency_s)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -375,8 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         path = urllib.parse.unquote(raw_path)
         fault = self.proxy._draw(self.command, path, query)
-        if self.proxy.latency_s:
-            self.proxy._stopping.wait(self.proxy.latency_s)
+        latency_s = self.proxy.latency_s
+        if latency_s:  # in this connection's own thread: concurrent requests wait together
+            self.proxy._stopping.wait(latency_s)
         if fault in _ERROR_BODIES:
             self._send(self._error_response(fault))
             return

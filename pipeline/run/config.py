@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from pipeline.run import settings
 from pipeline.run.commits import COMMIT_INTERVAL_S
-from pipeline.run.plan import DEFAULT_SHARD_SIZE
 from pipeline.store.ledger import is_run_id
 from pipeline.store.s3 import S3Options
 from pipeline.worker.decode_modes import DECODE_AUTO
@@ -41,7 +40,11 @@ class RunConfig:
     output: str
     model: ModelChoice = field(default_factory=ModelChoice)
     detector: DetectorOptions = field(default_factory=DetectorOptions)
-    shard_size: int = DEFAULT_SHARD_SIZE
+    #: Images per shard; ``None``: sized for the actor count (:mod:`pipeline.run.shard_sizing`).
+    shard_size: int | None = None
+    #: Concurrent ListObjectsV2 streams listing an S3 prefix (``None``: 8 on AWS S3, 1 on a
+    #: custom endpoint; :func:`pipeline.store.listing.default_listers`).
+    listers: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     actors: int | None = None
     gpus_per_actor: float = 0.0

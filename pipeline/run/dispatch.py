@@ -1,13 +1,17 @@
 """Step 6 and 7 of a run: its shards on its actors, retried when they fail, committed when
 they succeed.
 
-Each actor keeps ``shards_per_actor`` shards queued (``ray.wait``) and runs them concurrently,
-so the next one's input loads while the model finishes the one before and the model never
-waits on a Parquet write (:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task
-raised is retried on any live actor after a backoff, up to ``max_attempts``; a dead actor is
-replaced (:mod:`~pipeline.run.fleet`) and its shards requeued, and a preempted node's shard
-does not use up an attempt. A shard out of attempts is marked failed; the rest go on. A
-finished shard's files are added to the results tables' logs in batches
+Shards come from the run's plan while it is being made (:mod:`~pipeline.run.planner`): the
+dispatcher takes them as they are checkpointed, starts Ray and the actors once the first one is
+there (or ends without Ray when the plan turns out empty), and goes on until the plan is
+finished and every shard committed or out of attempts. Each actor keeps ``shards_per_actor``
+shards queued (``ray.wait``) and runs them concurrently, so the next one's input loads while
+the model finishes the one before and the model never waits on a Parquet write
+(:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task raised is retried on any
+live actor after a backoff, up to ``max_attempts``; a dead actor is replaced
+(:mod:`~pipeline.run.fleet`) and its shards requeued, and a preempted node's shard does not use
+up an attempt. A shard out of attempts is marked failed; the rest go on. A finished shard's
+files are added to the results tables' logs in batches
 (:class:`~pipeline.run.commits.CommitBatcher`), so readers see only committed shards.
 """
 
@@ -25,9 +29,12 @@ from pipeline.run.actors import actor_count
 from pipeline.run.commits import CommitBatcher
 from pipeline.run.context import RunContext
 from pipeline.run.fleet import ActorFleet, Slot
-from pipeline.run.plan import PlanSummary, read_shard
+from pipeline.run.plan import read_shard
+from pipeline.run.planner import Planner
+from pipeline.run.planning import CompletePlan
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.ray_cluster import init_ray, one_line, preempted
+from pipeline.run.shard_sizing import ShardSizer
 from pipeline.store.ledger import ShardCounts, new_attempt_token
 from pipeline.store.storage import StorageError
 from pipeline.store.tables import ShardFiles
@@ -68,8 +75,9 @@ def shard_counts(result: ShardResult) -> ShardCounts:
 
 
 class Dispatcher:
-    """Runs the uncommitted shards of ``plan`` on a fleet of actors until each is committed
-    or out of attempts; ``progress`` and ``reporter`` follow along. Use :meth:`run` once.
+    """Runs the uncommitted shards of ``plan`` (a planner at work, or a complete plan) on a
+    fleet of actors until each is committed or out of attempts; ``progress`` and ``reporter``
+    follow along; ``sizer`` learns the actor count once Ray is up. Use :meth:`run` once.
 
     Raises :class:`~pipeline.errors.RunError` when no actor can start or one crash-loops, and
     :class:`~pipeline.run.lease.LeaseLostError` once the lease is lost.
@@ -81,9 +89,11 @@ class Dispatcher:
         *,
         spec: ModelSpec,
         weights: bytes,
-        plan: PlanSummary,
+        run_id: str,
+        plan: Planner | CompletePlan,
         progress: RunProgress,
         reporter: ProgressReporter,
+        sizer: ShardSizer | None = None,
     ) -> None:
         self.context = context
         self.config = context.config
@@ -91,7 +101,8 @@ class Dispatcher:
         self.spec = spec
         self.weights = weights
         self.plan = plan
-        self.run_id = plan.run_id
+        self.sizer = sizer
+        self.run_id = run_id
         self.progress = progress
         self.reporter = reporter
         self.fleet: ActorFleet | None = None
@@ -103,6 +114,9 @@ class Dispatcher:
             interval_s=self.config.commit_interval_s,
         )
         self._marked_failed: set[int] = set()
+        self._committed_before: set[int] = set()
+        #: When an actor first had nothing left to run (the plan finished, the queue empty).
+        self._tail_started: float | None = None
 
     def run(self) -> list[int]:
         """Dispatch until done; returns the ids of the shards this call committed."""
@@ -113,25 +127,59 @@ class Dispatcher:
         self._marked_failed = set(self.ledger.failures(self.run_id))
         for counts in committed.values():
             self.progress.add_committed(counts, this_session=False)
-        todo = [s for s in range(self.plan.num_shards) if s not in committed]
-        if not todo:
-            logger.info("run %s: every shard is already committed", self.run_id)
-            return self.processed
-        self.progress.state = "starting actors"
-        self.reporter.tick(force=True)
-        init_ray(self.config)
-        self.fleet = ActorFleet(self.config, self.spec, ray.put(self.weights), self.progress)
-        self.fleet.start(min(actor_count(self.config, ray.cluster_resources()), len(todo)))
-        queue = collections.deque(_Shard(s) for s in todo)
+        self._committed_before = set(committed)
+        queue: collections.deque[_Shard] = collections.deque()
         try:
+            self._await_first_shards(queue)
+            if not queue:
+                logger.info("run %s: every shard is already committed", self.run_id)
+                return self.processed
+            self.progress.state = "starting actors"
+            self.reporter.tick(force=True)
+            init_ray(self.config)
+            actors = actor_count(self.config, ray.cluster_resources())
+            if self.sizer is not None:
+                self.sizer.actors = actors
+            if self.plan.finished:
+                actors = min(actors, len(queue))
+            self.fleet = ActorFleet(self.config, self.spec, ray.put(self.weights), self.progress)
+            self.fleet.start(actors)
             self._loop(queue)
             self.commits.close()
+            if self._tail_started is not None:
+                self.progress.tail_seconds = round(time.monotonic() - self._tail_started, 3)
         except KeyboardInterrupt:
             self._commit_finished_before_stopping()
             raise
         finally:
-            self.fleet.stop()
+            self.plan.stop()
+            if self.fleet is not None:
+                self.fleet.stop()
         return self.processed
+
+    def _await_first_shards(self, queue: collections.deque) -> None:
+        """Take shards until there is one to run or the plan is finished."""
+        while True:
+            self._take_planned(queue)
+            if queue or self.plan.finished:
+                return
+            self.context.lease.check()
+            self.plan.wait(WAIT_TIMEOUT_S)
+            self._refresh_listing_progress()
+            self.reporter.tick()
+
+    def _take_planned(self, queue: collections.deque) -> None:
+        """Queue the shards the planner has checkpointed since last time (not those an
+        earlier session committed)."""
+        for shard_id in self.plan.take():
+            if shard_id not in self._committed_before:
+                queue.append(_Shard(shard_id))
+
+    def _refresh_listing_progress(self) -> None:
+        plan, progress = self.plan, self.progress
+        progress.listing_done = plan.finished
+        progress.objects_listed = plan.objects_listed
+        progress.objects_listed_per_second = plan.listing_rate
 
     def _commit_finished_before_stopping(self) -> None:
         """On Ctrl-C, one try at committing the shards that finished (best effort: what is
@@ -146,16 +194,21 @@ class Dispatcher:
     # ------------------------------------------------------------------ loop
     def _loop(self, queue: collections.deque) -> None:
         fleet = self.fleet
-        while queue or any(slot.in_flight for slot in fleet.slots):
+        while queue or any(slot.in_flight for slot in fleet.slots) or not self.plan.finished:
             self.context.lease.check()
             fleet.check_start_deadlines()
+            self._take_planned(queue)
+            self._refresh_listing_progress()
             self._fill(queue)
             refs = {ref: slot for slot in fleet.slots for ref in slot.in_flight}
             self.progress.shards_in_flight = len(refs)
             starting = fleet.starting()
             if not refs and not starting:
-                wait = min(s.ready_at for s in queue) - time.time()
-                time.sleep(min(max(wait, IDLE_SLEEP_S), WAIT_TIMEOUT_S))
+                if queue:
+                    wait = min(s.ready_at for s in queue) - time.time()
+                    time.sleep(min(max(wait, IDLE_SLEEP_S), WAIT_TIMEOUT_S))
+                else:  # every actor idle: the listing is behind
+                    self.plan.wait(WAIT_TIMEOUT_S)
                 self.commits.flush()
                 self.reporter.tick()
                 continue
@@ -177,6 +230,8 @@ class Dispatcher:
         for slot in self.fleet.slots:
             if not slot.ready:
                 continue
+            if not slot.in_flight and not queue and self.plan.finished:
+                self._tail_started = self._tail_started or time.monotonic()
             while len(slot.in_flight) < self.config.shards_per_actor:
                 shard = _pop_ready(queue, now)
                 if shard is None:

@@ -10,10 +10,14 @@ ledger, lease):
    resume) exits naming the holder. Renewed in the background, released at the end.
 3. **Run identity** (:mod:`pipeline.run.records`): a new run id, or on ``resume`` the given /
    latest run, whose model, inference settings and source must match this invocation's.
-4. **Plan** (:mod:`pipeline.run.planning`, :mod:`pipeline.run.plan`), unless the resumed run's
-   plan is complete. An incremental run plans only the objects new or changed since earlier
-   runs of the same source (:mod:`pipeline.run.incremental`); when there are none it ends
-   here, without starting Ray.
+4. **Plan** (:mod:`pipeline.run.planning`, :mod:`pipeline.run.planner`), unless the resumed
+   run's plan is complete: the source is listed on a background thread (an S3 prefix by
+   several concurrent streams, :mod:`pipeline.store.listing`) and cut into shards sized for
+   the actor count (:mod:`pipeline.run.shard_sizing`), each offered to dispatch once it is
+   written and checkpointed, while the listing goes on; a resumed run continues the listing
+   from its checkpoint. An incremental run plans only the objects new or changed since
+   earlier runs of the same source (:mod:`pipeline.run.incremental`); when there are none it
+   ends without starting Ray.
 5. **Actors** (:mod:`pipeline.run.fleet`): Ray joined or started
    (:mod:`pipeline.run.ray_cluster`), one :class:`~pipeline.worker.remote.DetectorActor` per
    slot with the settings and Ray options :mod:`pipeline.run.actors` derives from the run's
@@ -48,10 +52,11 @@ from pipeline.errors import EXIT_FAILED_SHARDS, EXIT_INTERRUPTED, EXIT_OK, RunEr
 from pipeline.run.config import RunConfig
 from pipeline.run.context import RunContext
 from pipeline.run.dispatch import Dispatcher
-from pipeline.run.planning import delta_note, plan_run
+from pipeline.run.planning import delta_note, finish_plan, plan_run
 from pipeline.run.preflight import preflight
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.records import finish_run, open_run
+from pipeline.run.shard_sizing import ShardSizer, estimated_actors
 from pipeline.store.ledger import RUN_ERROR, RUN_FAILED_SHARDS, RUN_INTERRUPTED, RUN_SUCCEEDED
 from pipeline.store.maintenance import compact_run
 from pipeline.worker.model_spec import resolve_model
@@ -111,18 +116,21 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
         bar=bar,
     )
     processed: list[int] = []
+    sizer = ShardSizer(config.shard_size, config.batch_size, estimated_actors(config))
     try:
-        plan = plan_run(context, record, progress, reporter)
-        if plan.num_shards:
-            dispatcher = Dispatcher(
-                context,
-                spec=spec,
-                weights=weights,
-                plan=plan,
-                progress=progress,
-                reporter=reporter,
-            )
-            processed = dispatcher.run()
+        plan = plan_run(context, record, progress, reporter, sizer)
+        dispatcher = Dispatcher(
+            context,
+            spec=spec,
+            weights=weights,
+            run_id=record.run_id,
+            plan=plan,
+            progress=progress,
+            reporter=reporter,
+            sizer=sizer,
+        )
+        processed = dispatcher.run()
+        finish_plan(context, record, plan)
     except KeyboardInterrupt:
         message = "interrupted; resume with --resume"
         finish_run(context.ledger, record, progress, RUN_INTERRUPTED, message)

@@ -36,10 +36,12 @@ without ETags (a manifest of bare URIs) only finds new URIs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -48,14 +50,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.run.plan import PlannedObject
-from pipeline.store.committed import local_files, parquet_view
-from pipeline.store.layout import TOMBSTONES_TABLE
+from pipeline.store.committed import local_files, parquet_view, register_tables
+from pipeline.store.layout import IMAGES_TABLE, TOMBSTONES_TABLE, OutputLayout
+from pipeline.store.listing import Listing
 from pipeline.store.schema import PARQUET_COMPRESSION, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage
-from pipeline.store.tables import ResultTables
+from pipeline.store.tables import PARTITION_COLUMN, ResultTables
 
 logger = logging.getLogger(__name__)
 
+#: Objects of the listing's first chunk compared with the earlier state; each chunk after
+#: it is twice as large, up to MAX_CHUNK_OBJECTS (each comparison scans the earlier state).
+FIRST_CHUNK_OBJECTS = 1_000
+MAX_CHUNK_OBJECTS = 256_000
 #: Listed objects buffered before they are written to the temporary listing file.
 LISTING_BATCH_ROWS = 50_000
 #: Objects per batch read back from the delta query.
@@ -105,8 +112,14 @@ class DeltaCounts:
 
 
 class Delta:
-    """The delta of one listing against earlier state; a context manager owning a temporary
-    folder and a DuckDB connection.
+    """The delta of a listing against earlier state, chunk by chunk; a context manager owning
+    a temporary folder and a DuckDB connection.
+
+    The earlier state (latest row per URI of ``earlier_runs``, less URIs a later tombstone
+    deleted) is built once, as a DuckDB table. Each :meth:`classify` call then compares one
+    chunk of the listing with it and streams that chunk's objects to process; :meth:`finish`
+    counts the deleted objects over every chunk, and :meth:`write_tombstones` writes them.
+    With ``objects`` given, the constructor does all of it for one chunk of everything.
 
     ``earlier_files``: the committed ``images`` files of ``earlier_runs`` (local paths or
     ``s3://`` URIs read through ``storage``); without them, the connection's ``all_images``
@@ -114,14 +127,13 @@ class Delta:
 
     ``connection`` must have the view ``tombstones`` (``image_uri``, ``run_id``) registered,
     and ``all_images`` too when no ``earlier_files`` are given
-    (:func:`pipeline.store.committed.register_tables` registers both);
-    ``earlier_runs`` are the run ids whose rows count as earlier state.
+    (:func:`pipeline.store.committed.register_tables` registers both).
     """
 
     def __init__(
         self,
         connection: duckdb.DuckDBPyConnection,
-        objects: Iterable,
+        objects: Iterable | None,
         earlier_runs: Iterable[str],
         *,
         earlier_files: list[str] | None = None,
@@ -130,18 +142,21 @@ class Delta:
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="yolo-batch-delta-", dir=workdir)
         self.con = connection
+        self.counts = DeltaCounts()
+        #: Local Parquet files of the chunks listed so far (``seq``, ``uri``, ``size``, ``etag``).
+        self.chunks: list[str] = []
+        self._result: Iterator[PlannedObject] = iter(())
         try:
             self._configure()
             self._earlier_view = "all_images"
             if earlier_files is not None:
                 self._earlier_view = "earlier_images"
                 self._register_earlier(earlier_files, storage)
-            self.counts = DeltaCounts()
-            listing = os.path.join(self._tmp, "listing.parquet")
-            self.counts.objects_listed = _write_listing(objects, listing)
             self.con.register("earlier_runs", pa.table({"run_id": list(earlier_runs)}))
-            self._prepare(listing)
-            self._count()
+            self._prepare()
+            if objects is not None:
+                self._result = self.classify(objects)
+                self.finish()
         except BaseException:
             self.close()
             raise
@@ -160,10 +175,7 @@ class Delta:
         local = local_files(files, storage, os.path.join(self._tmp, "earlier"))
         parquet_view(self.con, "earlier_images", local, EARLIER_SCHEMA, EARLIER_COLUMNS)
 
-    def _prepare(self, listing: str) -> None:
-        self.con.execute(
-            f"CREATE TEMP VIEW listing AS SELECT * FROM read_parquet('{_sql_text(listing)}')"
-        )
+    def _prepare(self) -> None:
         # Latest row per URI of the earlier runs (a struct keeps NULL etags and errors).
         self.con.execute(
             """
@@ -175,10 +187,11 @@ class Delta:
             GROUP BY image_uri
             """.replace("__EARLIER__", self._earlier_view)
         )
-        # Drop URIs whose latest event is a deletion (a later run's tombstone).
+        # Less URIs whose latest event is a deletion (a later run's tombstone): a table, as
+        # every chunk is compared with it.
         self.con.execute(
             """
-            CREATE TEMP VIEW previous AS
+            CREATE TEMP TABLE previous AS
             SELECT e.image_uri, e.row.etag AS etag, e.row.status AS status,
                    e.row.error AS error
             FROM earlier e
@@ -189,9 +202,20 @@ class Delta:
             WHERE t.run_id IS NULL OR t.run_id < e.run_id
             """
         )
+        self.con.execute("DROP TABLE earlier")
+
+    def classify(self, objects: Iterable) -> Iterator[PlannedObject]:
+        """Compare one chunk of the listing (``uri``, ``size``, ``etag`` each) with the
+        earlier state: its counts are added to :attr:`counts` before this returns, and the
+        returned iterator streams its objects to process, in listing order."""
+        chunk = len(self.chunks)
+        path = os.path.join(self._tmp, f"listing-{chunk:06d}.parquet")
+        listed = _write_listing(objects, path, start=self.counts.objects_listed)
+        self.add_listed(path, listed)
+        table = f"chunk_{chunk}"
         self.con.execute(
             f"""
-            CREATE TEMP VIEW delta AS
+            CREATE TEMP TABLE {table} AS
             SELECT l.seq, l.uri, l.size, l.etag,
                 CASE
                     WHEN p.image_uri IS NULL THEN 'new'
@@ -199,28 +223,54 @@ class Delta:
                     WHEN p.status = 'error' AND NOT {PERMANENT_ERROR_SQL} THEN 'retried'
                     ELSE 'unchanged'
                 END AS kind
-            FROM listing l LEFT JOIN previous p ON l.uri = p.image_uri
+            FROM read_parquet('{_sql_text(path)}') l
+            LEFT JOIN previous p ON l.uri = p.image_uri
             """
         )
-
-    def _count(self) -> None:
-        rows = self.con.execute("SELECT kind, count(*) FROM delta GROUP BY kind").fetchall()
+        rows = self.con.execute(f"SELECT kind, count(*) FROM {table} GROUP BY kind").fetchall()
         for kind, n in rows:
-            setattr(self.counts, f"objects_{kind}", n)
+            name = f"objects_{kind}"
+            setattr(self.counts, name, getattr(self.counts, name) + n)
+        return self._chunk_objects(table)
+
+    def _chunk_objects(self, table: str) -> Iterator[PlannedObject]:
+        try:
+            reader = self._batches(
+                f"SELECT uri, size, etag FROM {table} WHERE kind <> 'unchanged' ORDER BY seq"
+            )
+            for batch in reader:
+                columns = batch.to_pydict()
+                for uri, size, etag in zip(columns["uri"], columns["size"], columns["etag"]):
+                    yield PlannedObject(uri, size, etag)
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def add_listed(self, path: str, listed: int | None = None) -> None:
+        """Count the chunk file ``path`` as listed (for :meth:`finish`); ``listed``: its
+        objects, when they are to be added to :attr:`counts`."""
+        self.chunks.append(path)
+        if listed is not None:
+            self.counts.objects_listed += listed
+
+    def _listing_sql(self) -> str:
+        if not self.chunks:
+            return "(SELECT NULL::VARCHAR AS uri WHERE false)"
+        paths = ", ".join(f"'{_sql_text(p)}'" for p in self.chunks)
+        return f"read_parquet([{paths}])"
+
+    def finish(self) -> int:
+        """Count the earlier objects missing from every chunk listed: the deleted ones."""
         ((deleted,),) = self.con.execute(
-            "SELECT count(*) FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
+            f"SELECT count(*) FROM previous p ANTI JOIN {self._listing_sql()} l "
+            "ON p.image_uri = l.uri"
         ).fetchall()
         self.counts.objects_deleted = deleted
+        return deleted
 
     def objects(self) -> Iterator[PlannedObject]:
-        """The objects to process, in listing order, streamed in batches."""
-        reader = self._batches(
-            "SELECT uri, size, etag FROM delta WHERE kind <> 'unchanged' ORDER BY seq"
-        )
-        for batch in reader:
-            columns = batch.to_pydict()
-            for uri, size, etag in zip(columns["uri"], columns["size"], columns["etag"]):
-                yield PlannedObject(uri, size, etag)
+        """The objects to process of the constructor's ``objects``, in listing order."""
+        yield from self._result
 
     def write_tombstones(self, tables: ResultTables, run_id: str) -> int:
         """Make the deleted objects ``run_id``'s tombstones (replacing those of an earlier
@@ -234,7 +284,7 @@ class Delta:
         def rows() -> pa.RecordBatchReader:  # a fresh stream for every attempt
             batches = self._batches(
                 f"SELECT p.image_uri, '{_sql_text(run_id)}' AS run_id "
-                "FROM previous p ANTI JOIN listing l ON p.image_uri = l.uri"
+                f"FROM previous p ANTI JOIN {self._listing_sql()} l ON p.image_uri = l.uri"
             )
             return pa.RecordBatchReader.from_batches(
                 TOMBSTONE_SCHEMA, (batch.cast(TOMBSTONE_SCHEMA) for batch in batches)
@@ -262,8 +312,147 @@ class Delta:
         self.close()
 
 
-def _write_listing(objects: Iterable, path: str) -> int:
-    """Stream ``objects`` (``uri``, ``size``, ``etag``) into a Parquet file; returns the count."""
+class DeltaListing(Listing):
+    """The objects of ``listing`` that are new or changed since ``earlier_runs`` (committed
+    runs of the same source), as a :class:`~pipeline.store.listing.Listing` the planner cuts
+    into shards while the listing goes on. :attr:`counts` holds what the comparison found.
+
+    The listing is compared in chunks (:data:`FIRST_CHUNK_OBJECTS`, doubling up to
+    :data:`MAX_CHUNK_OBJECTS`: the first shards are planned seconds after the earlier state is
+    read, later chunks amortise each comparison's scan of it). Each chunk's listed objects are
+    also kept in the run's folder (``_runs/RUN/listing/chunk-NNNNNN.parquet``), so that the
+    deleted objects can be found at the end even when the listing was resumed. The pass is
+    resumable at chunk ends (:attr:`on_boundary`); :meth:`counts_state` goes into the plan
+    checkpoint. At the end, the deleted objects become ``run_id``'s tombstones.
+    """
+
+    resumable_anywhere = False
+
+    def __init__(
+        self,
+        listing: Listing,
+        tables: ResultTables,
+        earlier_runs: list[str],
+        *,
+        run_id: str,
+        storage: Storage,
+        layout: OutputLayout,
+        resume: dict | None = None,
+    ) -> None:
+        self.listing = listing
+        self.tables = tables
+        self.earlier_runs = earlier_runs
+        self.run_id = run_id
+        self.storage = storage
+        self.layout = layout
+        self.counts = DeltaCounts()
+        self.chunks_done = 0
+        self.done = False
+        if resume:
+            self.done = bool(resume.get("done"))
+            self.chunks_done = int(resume.get("chunks", 0))
+            self.counts = DeltaCounts(**resume["counts"])
+
+    def __iter__(self) -> Iterator[PlannedObject]:
+        if self.done:
+            return
+        tables = self.tables
+        tables.create()
+        # The delta reads the earlier runs' committed files itself (their partitions only);
+        # of the result views it needs tombstones only.
+        connection = duckdb.connect()
+        register_tables(connection, tables)
+        started = time.perf_counter()
+        with Delta(
+            connection,
+            None,
+            self.earlier_runs,
+            earlier_files=_earlier_files(tables, self.earlier_runs),
+            storage=self.storage,
+        ) as delta:
+            logger.info(
+                "read the state of %d earlier run(s) in %.1f s",
+                len(self.earlier_runs),
+                time.perf_counter() - started,
+            )
+            self._restore_chunks(delta)
+            delta.counts = self.counts
+            objects = iter(self.listing)
+            size = min(FIRST_CHUNK_OBJECTS << self.chunks_done, MAX_CHUNK_OBJECTS)
+            while True:
+                before = self.counts.objects_listed
+                todo = delta.classify(itertools.islice(objects, size))
+                if self.counts.objects_listed == before:
+                    delta.chunks.pop()
+                    break
+                self._keep_chunk(delta.chunks[-1], self.chunks_done)
+                yield from self._counted(todo)
+                self.chunks_done += 1
+                if self.on_boundary is not None:
+                    self.on_boundary()
+                size = min(size * 2, MAX_CHUNK_OBJECTS)
+            delta.finish()
+            logger.info(
+                "compared %d listed objects with %d earlier run(s) in %.1f s: %s",
+                self.counts.objects_listed,
+                len(self.earlier_runs),
+                time.perf_counter() - started,
+                self.counts.summary(),
+            )
+            delta.write_tombstones(tables, self.run_id)
+        self.done = True
+        if self.on_boundary is not None:
+            self.on_boundary()
+
+    def _counted(self, objects: Iterator[PlannedObject]) -> Iterator[PlannedObject]:
+        for obj in objects:
+            self.objects_seen += 1
+            yield obj
+
+    def _keep_chunk(self, path: str, chunk: int) -> None:
+        with open(path, "rb") as fh:
+            self.storage.write_bytes(self.layout.listing_chunk(self.run_id, chunk), fh.read())
+
+    def _restore_chunks(self, delta: Delta) -> None:
+        """The chunks an earlier session of this run listed, for the deleted objects."""
+        if not self.chunks_done:
+            return
+        uris = [self.layout.listing_chunk(self.run_id, c) for c in range(self.chunks_done)]
+        folder = os.path.join(delta._tmp, "resumed")
+        for path in local_files(uris, self.storage, folder):
+            delta.add_listed(path)
+        logger.info("the listing resumes after %d compared chunks", self.chunks_done)
+
+    def checkpoint(self) -> dict:
+        return self.listing.checkpoint()
+
+    def counts_state(self) -> dict:
+        """What a plan checkpoint keeps of the comparison."""
+        return {"done": self.done, "chunks": self.chunks_done, "counts": self.counts.as_dict()}
+
+    @property
+    def objects_listed(self) -> int:
+        return self.listing.objects_listed
+
+    @property
+    def requests(self) -> int:
+        return self.listing.requests
+
+    def close(self) -> None:
+        self.listing.close()
+
+
+def _earlier_files(tables: ResultTables, run_ids: list[str]) -> list[str]:
+    """URIs of the committed ``images`` files of ``run_ids`` (their partitions, from the log)."""
+    table = tables.table(IMAGES_TABLE)
+    if table is None or not run_ids:
+        return []
+    return table.file_uris(partition_filters=[(PARTITION_COLUMN, "in", list(run_ids))])
+
+
+def _write_listing(objects: Iterable, path: str, *, start: int = 0) -> int:
+    """Stream ``objects`` (``uri``, ``size``, ``etag``) into a Parquet file, numbered from
+    ``start`` in column ``seq``; returns the count."""
     count = 0
     uris: list[str] = []
     sizes: list[int | None] = []
@@ -271,11 +460,11 @@ def _write_listing(objects: Iterable, path: str) -> int:
     with pq.ParquetWriter(path, LISTING_SCHEMA, compression=PARQUET_COMPRESSION) as writer:
 
         def flush() -> None:
-            start = count - len(uris)
+            first = start + count - len(uris)
             writer.write_batch(
                 pa.record_batch(
                     [
-                        pa.array(range(start, count), pa.int64()),
+                        pa.array(range(first, start + count), pa.int64()),
                         pa.array(uris, pa.string()),
                         pa.array(sizes, pa.int64()),
                         pa.array(etags, pa.string()),
@@ -303,4 +492,4 @@ def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
-__all__ = ["Delta", "DeltaCounts"]
+__all__ = ["Delta", "DeltaCounts", "DeltaListing"]

@@ -1,19 +1,18 @@
-"""Planning a run: enumerate the source once, cut it into fixed-size shards, persist them.
+"""A run's plan as stored: shard files, the planning checkpoint, and the summary.
 
-Each shard's objects are written as a small Parquet file under the run; ``plan.json`` is
-written last and marks the plan complete. A resume reads the plan back, so it processes
-exactly the same shards even if the source changed meanwhile. The driver holds one shard's
-objects at a time while planning: memory grows with the shard size, not the object count.
+Each shard's objects are a small Parquet file under the run (``plan/shard-NNNNNN.parquet``).
+While the listing goes on, ``plan-checkpoint.json`` records how far planning got: the shards
+written so far, the listing's position after their objects, and the objects listed but not yet
+in a shard; a resumed run continues from it (:mod:`pipeline.run.planner`). ``plan.json``,
+written last, marks the plan complete: a resume then processes exactly the same shards even if
+the source changed meanwhile.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,13 +21,8 @@ from pipeline.store.layout import OutputLayout
 from pipeline.store.schema import PARQUET_COMPRESSION, PLAN_SCHEMA
 from pipeline.store.storage import Storage
 
-logger = logging.getLogger(__name__)
-
-#: Concurrent shard-plan writes (S3 PUTs are latency-bound).
-PLAN_WRITE_THREADS = 8
-#: Shard files written but not yet confirmed, at most (bounds memory while planning).
-PLAN_WRITES_IN_FLIGHT = 32
-DEFAULT_SHARD_SIZE = 1000
+#: Version of ``plan-checkpoint.json``; another version is not resumed from.
+CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +36,9 @@ class PlannedObject:
 
 @dataclass(frozen=True)
 class PlanSummary:
+    """A complete plan: ``num_shards`` shards holding ``num_images`` objects, the largest
+    ``shard_size`` of them."""
+
     run_id: str
     source: str
     shard_size: int
@@ -49,59 +46,48 @@ class PlanSummary:
     num_images: int
 
 
-def write_plan(
-    objects: Iterable,
-    *,
-    storage: Storage,
-    layout: OutputLayout,
-    run_id: str,
-    source: str,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    on_shard: Callable[[int, int], None] | None = None,
-) -> PlanSummary:
-    """Cut ``objects`` (anything with ``uri``, ``size``, ``etag``) into shards and persist them.
+@dataclass(frozen=True)
+class PlanCheckpoint:
+    """How far planning got: shards ``0 .. shards-1`` (``images`` objects, the largest of
+    ``largest_shard``) are written; ``listing`` is the listing's checkpoint after them, and
+    ``carry`` the objects listed before that point but not yet in a shard (``[uri, size,
+    etag]`` each). ``objects_listed``: objects the listing had passed (for progress);
+    ``extra``: what the planner's caller keeps with it (an incremental run's counts)."""
 
-    ``on_shard(shards_so_far, images_so_far)`` is called after each shard is queued, for
-    progress. Returns the summary, which is also written as ``plan.json``.
-    """
-    if shard_size < 1:
-        raise ValueError(f"shard size must be at least 1, got {shard_size}")
-    num_shards = num_images = 0
-    pending: set[Future] = set()
-    with ThreadPoolExecutor(PLAN_WRITE_THREADS, thread_name_prefix="plan") as pool:
-        batch: list = []
-
-        def flush() -> None:
-            nonlocal num_shards, batch
-            data = _shard_bytes(batch)
-            uri = layout.plan_shard(run_id, num_shards)
-            pending.add(pool.submit(storage.write_bytes, uri, data))
-            num_shards += 1
-            batch = []
-            if len(pending) >= PLAN_WRITES_IN_FLIGHT:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    pending.discard(future)
-                    future.result()
-            if on_shard:
-                on_shard(num_shards, num_images)
-
-        for obj in objects:
-            batch.append(obj)
-            num_images += 1
-            if len(batch) == shard_size:
-                flush()
-        if batch:
-            flush()
-        for future in pending:
-            future.result()
-    summary = PlanSummary(run_id, source, shard_size, num_shards, num_images)
-    storage.write_bytes(layout.plan_summary(run_id), json.dumps(asdict(summary)).encode())
-    logger.info("planned %d images in %d shards of up to %d", num_images, num_shards, shard_size)
-    return summary
+    shards: int = 0
+    images: int = 0
+    largest_shard: int = 0
+    objects_listed: int = 0
+    listing: dict | None = None
+    carry: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    version: int = CHECKPOINT_VERSION
 
 
-def _shard_bytes(objects: list) -> bytes:
+def write_checkpoint(
+    storage: Storage, layout: OutputLayout, run_id: str, checkpoint: PlanCheckpoint
+) -> None:
+    body = json.dumps(asdict(checkpoint), separators=(",", ":")).encode()
+    storage.write_bytes(layout.plan_checkpoint(run_id), body)
+
+
+def read_checkpoint(storage: Storage, layout: OutputLayout, run_id: str) -> PlanCheckpoint | None:
+    """The run's planning checkpoint, or ``None`` when planning never wrote one (or one of
+    another version, which is then planned again from the start)."""
+    try:
+        data = json.loads(storage.read_bytes(layout.plan_checkpoint(run_id)))
+    except FileNotFoundError:
+        return None
+    if data.get("version") != CHECKPOINT_VERSION:
+        return None
+    return PlanCheckpoint(**data)
+
+
+def write_plan_summary(storage: Storage, layout: OutputLayout, summary: PlanSummary) -> None:
+    storage.write_bytes(layout.plan_summary(summary.run_id), json.dumps(asdict(summary)).encode())
+
+
+def shard_bytes(objects: list) -> bytes:
     table = pa.table(
         {
             "uri": pa.array([o.uri for o in objects], pa.string()),

@@ -1,9 +1,11 @@
-"""Step 4 of a run: its plan of shards, and the plan's size in the run record and progress.
+"""Step 4 of a run: where its shards come from, while they are dispatched.
 
-A resumed run whose plan is complete reads it back. Otherwise the plan is written from the
-source's listing (:func:`~pipeline.run.plan.write_plan`); an incremental run plans only the
-objects new or changed since earlier runs of the same source
-(:mod:`~pipeline.run.incremental`) and writes the deleted objects' tombstones.
+A resumed run whose plan is complete (``plan.json``) reads it back (:class:`CompletePlan`).
+Otherwise a :class:`~pipeline.run.planner.Planner` lists the source on a background thread
+and hands shards to the dispatcher as they are cut and checkpointed; a resumed run continues
+from its planning checkpoint. An incremental run plans only the objects new or changed since
+earlier runs of the same source (:mod:`pipeline.run.incremental`) and writes the deleted
+objects' tombstones. :func:`finish_plan` puts the plan's totals into the run record.
 """
 
 from __future__ import annotations
@@ -12,17 +14,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import duckdb
-
-from pipeline import faults
 from pipeline.run.context import RunContext
-from pipeline.run.incremental import Delta
-from pipeline.run.plan import PlanSummary, read_plan_summary, write_plan
+from pipeline.run.incremental import DeltaListing
+from pipeline.run.plan import PlanSummary, read_checkpoint, read_plan_summary
+from pipeline.run.planner import Planner
 from pipeline.run.progress import ProgressReporter, RunProgress
-from pipeline.store.committed import register_tables
-from pipeline.store.layout import IMAGES_TABLE
+from pipeline.run.shard_sizing import ShardSizer
 from pipeline.store.ledger import Ledger, RunRecord
-from pipeline.store.tables import PARTITION_COLUMN, ResultTables
+from pipeline.store.listing import open_listing
 
 logger = logging.getLogger(__name__)
 
@@ -30,27 +29,126 @@ logger = logging.getLogger(__name__)
 RECORD_READ_THREADS = 16
 
 
-def plan_run(
-    context: RunContext, record: RunRecord, progress: RunProgress, reporter: ProgressReporter
-) -> PlanSummary:
-    """The plan of ``record``'s run, read back or written; its shard and image totals go into
-    ``progress`` and the written ``record`` (with a warning when a full run found no image).
+class CompletePlan:
+    """A plan written to the end by an earlier session: every shard at once. Offers the
+    interface of :class:`~pipeline.run.planner.Planner` the dispatcher uses."""
 
-    Raises :class:`~pipeline.run.lease.LeaseLostError` once the lease is lost.
+    listing_done = True
+    finished = True
+    listing_rate = 0.0
+
+    def __init__(self, summary: PlanSummary) -> None:
+        self.summary = summary
+        self.objects_listed = summary.num_images
+        self.shards_cut, self.images_cut = summary.num_shards, summary.num_images
+        self._taken = False
+
+    def take(self) -> list[int]:
+        ids = [] if self._taken else list(range(self.summary.num_shards))
+        self._taken = True
+        return ids
+
+    def wait(self, timeout: float) -> None:
+        """Nothing more will come."""
+
+    @property
+    def shards_available(self) -> int:
+        return 0 if self._taken else self.summary.num_shards
+
+    def stop(self) -> None:
+        """Nothing runs."""
+
+
+def plan_run(
+    context: RunContext,
+    record: RunRecord,
+    progress: RunProgress,
+    reporter: ProgressReporter,
+    sizer: ShardSizer,
+) -> Planner | CompletePlan:
+    """The shards of ``record``'s run: its complete plan, or a started planner.
+
+    Progress follows the planning: objects listed, shards and images planned so far.
     """
-    plan = None
     if context.config.resume:
-        plan = read_plan_summary(context.storage, context.layout, record.run_id)
-    if plan is None:
-        plan = _write_plan(context, record, progress, reporter)
-    context.lease.check()
-    record.num_shards, record.num_images = plan.num_shards, plan.num_images
-    if plan.num_images == 0 and not record.incremental:
+        summary = read_plan_summary(context.storage, context.layout, record.run_id)
+        if summary is not None:
+            progress.listing_done = True
+            _plan_totals(progress, summary.num_shards, summary.num_images, summary.num_images)
+            return CompletePlan(summary)
+    checkpoint = None
+    if context.config.resume:
+        checkpoint = read_checkpoint(context.storage, context.layout, record.run_id)
+        if checkpoint is not None:
+            logger.info(
+                "run %s: planning resumes after %d shards (%d objects listed)",
+                record.run_id,
+                checkpoint.shards,
+                checkpoint.objects_listed,
+            )
+    resume_listing = checkpoint.listing if checkpoint else None
+    listing = open_listing(context.source, resume_listing, listers=context.config.listers)
+    extra = dict
+    if context.config.incremental:
+        progress.state = "comparing with earlier runs"
+        reporter.tick(force=True)
+        listing = DeltaListing(
+            listing,
+            context.tables,
+            _earlier_runs(context.ledger, record.run_id, context.source_uri),
+            run_id=record.run_id,
+            storage=context.ledger.storage,
+            layout=context.layout,
+            resume=checkpoint.extra if checkpoint else None,
+        )
+        extra = listing.counts_state
+
+    def on_shard(shards: int, images: int, listed: int) -> None:
+        _plan_totals(progress, shards, images, listed)
+
+    planner = Planner(
+        listing,
+        storage=context.storage,
+        layout=context.layout,
+        run_id=record.run_id,
+        source=context.source_uri,
+        sizer=sizer,
+        start=checkpoint,
+        extra=extra,
+        on_shard=on_shard,
+    )
+    if checkpoint is not None:
+        _plan_totals(progress, checkpoint.shards, checkpoint.images, checkpoint.objects_listed)
+    progress.listing_done = False
+    return planner.start()
+
+
+def _plan_totals(progress: RunProgress, shards: int, images: int, listed: int) -> None:
+    progress.shards_total, progress.images_total = shards, images
+    progress.objects_listed = listed
+
+
+def finish_plan(
+    context: RunContext, record: RunRecord, plan: Planner | CompletePlan
+) -> PlanSummary | None:
+    """Put the complete plan's totals (and an incremental run's counts) into ``record`` and
+    write it; ``None`` (and nothing written) when planning did not finish."""
+    summary = plan.summary
+    if summary is None:
+        return None
+    listing = getattr(plan, "listing", None)
+    if isinstance(listing, DeltaListing):
+        record.incremental = True
+        for name, value in listing.counts.as_dict().items():
+            setattr(record, name, value)
+        if not listing.counts.to_process:
+            record.message = f"nothing new or changed to process ({listing.counts.summary()})"
+    record.num_shards, record.num_images = summary.num_shards, summary.num_images
+    if summary.num_images == 0 and not record.incremental:
         logger.warning("the source %s holds no images; check the URI", context.source_uri)
         record.message = f"the source {context.source_uri} holds no images; check the URI"
-    progress.shards_total, progress.images_total = plan.num_shards, plan.num_images
     context.ledger.write_run(record)
-    return plan
+    return summary
 
 
 def delta_note(record: RunRecord) -> str | None:
@@ -66,80 +164,9 @@ def delta_note(record: RunRecord) -> str | None:
     )
 
 
-def _write_plan(
-    context: RunContext, record: RunRecord, progress: RunProgress, reporter: ProgressReporter
-) -> PlanSummary:
-    progress.state = "planning"
-
-    def on_shard(shards: int, images: int) -> None:
-        progress.shards_total, progress.images_total = shards, images
-        reporter.tick()
-        context.lease.check()
-        faults.after_plan_shard()
-
-    plan_args = dict(
-        storage=context.storage,
-        layout=context.layout,
-        run_id=record.run_id,
-        source=context.source_uri,
-        shard_size=context.config.shard_size,
-        on_shard=on_shard,
-    )
-    if not context.config.incremental:
-        return write_plan(context.source.iter_objects(), **plan_args)
-    progress.state = "comparing with earlier runs"
-    reporter.tick(force=True)
-    return _plan_incremental(context, record, plan_args)
-
-
-def _plan_incremental(context: RunContext, record: RunRecord, plan_args: dict) -> PlanSummary:
-    """Plan only the objects that are new or changed since earlier runs of the same source,
-    and write the deleted objects' tombstones; the counts go into ``record``."""
-    ledger = context.ledger
-    earlier = _earlier_runs(ledger, record.run_id, context.source_uri)
-    tables = context.tables
-    tables.create()
-    # The delta reads the earlier runs' committed files itself (their partitions only); of the
-    # result views it needs tombstones only.
-    connection = duckdb.connect()
-    register_tables(connection, tables)
-    started = time.perf_counter()
-    earlier_files = _earlier_files(tables, earlier)
-    with Delta(
-        connection,
-        context.source.iter_objects(),
-        earlier,
-        earlier_files=earlier_files,
-        storage=ledger.storage,
-    ) as delta:
-        counts = delta.counts
-        logger.info(
-            "compared %d listed objects with %d earlier run(s) in %.1f s: %s",
-            counts.objects_listed,
-            len(earlier),
-            time.perf_counter() - started,
-            counts.summary(),
-        )
-        record.incremental = True
-        for name, value in counts.as_dict().items():
-            setattr(record, name, value)
-        if not counts.to_process:
-            record.message = f"nothing new or changed to process ({counts.summary()})"
-        ledger.write_run(record)
-        delta.write_tombstones(tables, record.run_id)
-        return write_plan(delta.objects(), **plan_args)
-
-
-def _earlier_files(tables: ResultTables, run_ids: list[str]) -> list[str]:
-    """URIs of the committed ``images`` files of ``run_ids`` (their partitions, from the log)."""
-    table = tables.table(IMAGES_TABLE)
-    if table is None or not run_ids:
-        return []
-    return table.file_uris(partition_filters=[(PARTITION_COLUMN, "in", list(run_ids))])
-
-
 def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
     """Ids of the runs before ``run_id`` that read ``source_uri``."""
+    started = time.perf_counter()
     ids = [rid for rid in ledger.run_ids() if rid < run_id]
 
     def same_source(rid: str) -> bool:
@@ -150,4 +177,9 @@ def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
 
     with ThreadPoolExecutor(RECORD_READ_THREADS) as pool:
         keep = list(pool.map(same_source, ids))
-    return [rid for rid, ok in zip(ids, keep, strict=True) if ok]
+    earlier = [rid for rid, ok in zip(ids, keep, strict=True) if ok]
+    logger.info(
+        "%d earlier run(s) of %s found in %.1f s", len(earlier), source_uri,
+        time.perf_counter() - started,
+    )
+    return earlier

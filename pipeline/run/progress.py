@@ -30,12 +30,20 @@ BAR_WIDTH = 28
 
 @dataclass
 class RunProgress:
-    """Counters of one run (this session plus what earlier sessions of it committed)."""
+    """Counters of one run (this session plus what earlier sessions of it committed).
+
+    While the listing goes on, ``images_total`` and ``shards_total`` are what is planned so
+    far and ``listing_done`` is false; ``objects_listed`` counts the source's objects listed
+    (an incremental run plans only some of them).
+    """
 
     run_id: str
     state: str = "planning"
     images_total: int = 0
     shards_total: int = 0
+    objects_listed: int = 0
+    objects_listed_per_second: float = 0.0
+    listing_done: bool = False
     images_done: int = 0
     images_ok: int = 0
     images_error: int = 0
@@ -49,6 +57,9 @@ class RunProgress:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     images_done_this_session: int = 0
+    #: Seconds from the moment the first actor ran out of shards (nothing left to dispatch) to
+    #: the end of dispatch: the straggler tail (``None`` until dispatch ends).
+    tail_seconds: float | None = None
     failed_shards: dict[str, str] = field(default_factory=dict)
     message: str | None = None
 
@@ -78,6 +89,9 @@ class RunProgress:
 
     @property
     def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate; ``None`` until the rate and the total are known."""
+        if not self.listing_done:
+            return None
         rate = self.images_per_second
         remaining = self.images_total - self.images_done
         return remaining / rate if rate > 0 and remaining >= 0 else None
@@ -86,6 +100,7 @@ class RunProgress:
         out = asdict(self)
         out["updated_at"] = time.time()
         out["images_per_second"] = round(self.images_per_second, 3)
+        out["objects_listed_per_second"] = round(self.objects_listed_per_second, 1)
         out["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds, 1)
         return out
 
@@ -148,13 +163,19 @@ class ProgressReporter:
 
 
 def format_progress(p: RunProgress) -> str:
-    """One line: images done of total, rate, ETA, errors, shards, actors."""
+    """One line: the listing while it goes on (objects listed, rate), then images done of
+    planned (``+``: more to come), rate, ETA, errors, shards, actors."""
     eta = p.eta_seconds
     eta_text = "--" if eta is None else _duration(eta)
+    listing = ""
+    more = ""
+    if not p.listing_done:
+        listing = f"listing {p.objects_listed:,} objects {p.objects_listed_per_second:,.0f}/s | "
+        more = "+"
     return (
-        f"{p.state}: {p.images_done:,}/{p.images_total:,} images "
+        f"{listing}{p.state}: {p.images_done:,}/{p.images_total:,}{more} images "
         f"{p.images_per_second:.1f}/s ETA {eta_text} | errors {p.images_error:,} | "
-        f"shards {p.shards_committed}/{p.shards_total} ({p.shards_in_flight} running, "
+        f"shards {p.shards_committed}/{p.shards_total}{more} ({p.shards_in_flight} running, "
         f"{p.shards_failed} failed) | actors {p.actors_live}"
     )
 

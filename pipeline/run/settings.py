@@ -253,8 +253,14 @@ SETTINGS: tuple[Setting, ...] = (
             "CPUs per actor (default: 1)", GROUP_RESOURCES, section=RESOURCES, cli_type=float),
     Setting("batch_size", "batch_size", integer(1), "images per batch", GROUP_RESOURCES,
             section=RESOURCES, cli_type=int, actor_field="batch_size"),
-    Setting("shard_size", "shard_size", integer(1), "images per shard", GROUP_RESOURCES,
-            section=RESOURCES, cli_type=int),
+    Setting("shard_size", "shard_size", integer(1),
+            "images per shard (default: sized so every actor gets at least 8 shards, "
+            "16 to 1000)", GROUP_RESOURCES, section=RESOURCES, cli_type=int),
+    Setting("listers", "listers", integer(1),
+            "concurrent listing streams over an S3 prefix's key space (default: 8 on AWS S3; "
+            "1 on a custom endpoint: set it when your store lists keys in UTF-8 byte order as "
+            "S3 does; SeaweedFS, for one, does not)", GROUP_RESOURCES,
+            section=None, cli_type=int),
     Setting("fetch_threads", "fetch_threads", integer(1), "concurrent reads per actor",
             GROUP_RESOURCES, section=RESOURCES, cli_type=int, actor_field="fetch_threads"),
     Setting("decode", "decode", choice(DECODE_MODES),

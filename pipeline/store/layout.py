@@ -8,6 +8,8 @@
       _migrating.json                           while ``yolo-batch migrate`` converts the output
       _runs/RUN_ID/run.json                     run record: config, model, start/end, counts
       _runs/RUN_ID/plan.json                    plan summary: shards, images (written last)
+      _runs/RUN_ID/plan-checkpoint.json         planning so far: shards written, listing position
+      _runs/RUN_ID/listing/chunk-000003.parquet an incremental run's listing, compared so far
       _runs/RUN_ID/plan/shard-000012.parquet    the objects of shard 12, in order
       _runs/RUN_ID/failed/shard-000012.json     shard 12 ran out of attempts (cleared on commit)
       detections/_delta_log/                    Delta Lake log of the detections table
@@ -112,6 +114,13 @@ class OutputLayout:
 
     def plan_summary(self, run_id: str) -> str:
         return join(self.run_dir(run_id), "plan.json")
+
+    def plan_checkpoint(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), "plan-checkpoint.json")
+
+    def listing_chunk(self, run_id: str, chunk: int) -> str:
+        """An incremental run's listed objects of one compared chunk."""
+        return join(self.run_dir(run_id), "listing", f"chunk-{chunk:0{SHARD_DIGITS}d}.parquet")
 
     def plan_dir(self, run_id: str) -> str:
         return join(self.run_dir(run_id), "plan")

@@ -1,0 +1,65 @@
+"""How many images go into each shard when ``--shard-size`` is not given.
+
+A shard is the unit of dispatch, retry and commit. Too large, and some actors sit idle while
+others work through the last shards (a 640-image folder in one shard of 1000 keeps one of two
+actors idle the whole run); too small, and per-shard costs (a Ray task, two Parquet files, a
+share of a log commit) stop being negligible. The planner cuts shards while the listing is
+still going, so the size of each shard is chosen when it is cut, from the objects listed so
+far (a lower bound on the total that becomes exact when the listing ends) and the actor count:
+
+    size = ceil(objects listed / (actors * TARGET_SHARDS_PER_ACTOR)),
+           rounded up to whole batches, within [MIN_SHARD_SIZE, MAX_SHARD_SIZE]
+
+so every actor gets about :data:`TARGET_SHARDS_PER_ACTOR` shards or more, the first shards of
+a run are small (the first one commits seconds after the listing starts), and the last shard
+of any actor is a small part of its work (a short straggler tail). ``--shard-size`` fixes the
+size instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+#: Shards each actor should get at least, so that the run ends with every actor busy until
+#: about its last eighth of work, not waiting on one straggler.
+TARGET_SHARDS_PER_ACTOR = 8
+#: Smallest automatic shard: below it per-shard costs (a Ray task, two Parquet files, a log
+#: commit share) would show, and a GPU batch would be cut short.
+MIN_SHARD_SIZE = 16
+#: Largest automatic shard: the cost of retrying one shard and the size of its plan file and
+#: results files stay small, and progress moves often.
+MAX_SHARD_SIZE = 1000
+
+
+@dataclass
+class ShardSizer:
+    """The size of the next shard to cut: ``fixed`` when the user gave one, else derived
+    from the objects listed so far and ``actors`` (the run's actor count: an estimate until
+    the dispatcher knows it), rounded up to whole batches of ``batch_size``."""
+
+    fixed: int | None
+    batch_size: int
+    actors: int
+
+    def size(self, objects_listed: int) -> int:
+        """Images for the shard being cut, with ``objects_listed`` objects seen so far."""
+        if self.fixed is not None:
+            return self.fixed
+        actors = max(1, self.actors)
+        wanted = math.ceil(objects_listed / (actors * TARGET_SHARDS_PER_ACTOR))
+        wanted = min(max(wanted, MIN_SHARD_SIZE), MAX_SHARD_SIZE)
+        batch = max(1, self.batch_size)
+        return min(math.ceil(wanted / batch) * batch, max(MAX_SHARD_SIZE, batch))
+
+
+def estimated_actors(config) -> int:
+    """The actor count before Ray is up: ``--actors``, else for a CPU run on a local Ray one
+    per CPU of this machine (what :func:`~pipeline.run.actors.actor_count` will find), else 1
+    (a cluster's size is known only once joined)."""
+    if config.actors:
+        return config.actors
+    if config.gpus_per_actor == 0 and not config.ray_address:
+        return max(1, int((os.cpu_count() or 1) // (config.cpus_per_actor or 1)))
+    return 1

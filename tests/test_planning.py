@@ -1,0 +1,310 @@
+"""Streaming, checkpointed planning (``pipeline.run.planner``) and automatic shard sizes.
+
+- The planner offers a shard to dispatch only once a written checkpoint covers it, so a
+  driver killed at any moment never dispatched a shard that a resume plans again.
+- A planner stopped midway (files of a killed driver's unfinished writes left beyond the
+  checkpoint) resumes from its checkpoint: every object of the source in exactly one shard,
+  in source order; a source that changed under the checkpoint is refused with the fix.
+- Automatic shard sizes give every actor several shards (the 640-image folder of two actors
+  is not one shard of 640), within their bounds, in whole batches.
+- The driver SIGKILLed mid-listing of an S3 prefix, then ``--resume``: the listing goes on
+  from the checkpoint's key (the store's requests show it), and the tables hold every object
+  exactly once.
+"""
+
+# The fixture imported from test_pipeline_e2e is used as a test argument (F811 there).
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from infra.local.fault_proxy import FaultProxy
+from pipeline.run.plan import read_checkpoint, read_plan_summary, read_shard
+from pipeline.run.planner import Planner
+from pipeline.run.shard_sizing import (
+    MAX_SHARD_SIZE,
+    MIN_SHARD_SIZE,
+    TARGET_SHARDS_PER_ACTOR,
+    ShardSizer,
+)
+from pipeline.store.layout import OutputLayout
+from pipeline.store.listing import Listing, SourceChangedError, open_listing
+from pipeline.store.sources import open_source
+from pipeline.store.storage import LocalStorage
+from tests.reliability import Outcome, record, tally
+from tests.test_pipeline_e2e import (  # noqa: F401  (fixture: reference)
+    Input,
+    assert_run_results,
+    cli_env,
+    reference,
+    run_args,
+)
+from tests.test_pipeline_faults import wait_for
+from tests.test_reliability_process import image_rows, kill_driver, run_dirs
+
+RUN_ID = "20261206T120000Z-plan01"
+#: Seconds :func:`run_to_end` waits for a planner at most.
+PLAN_TIMEOUT_S = 60.0
+
+
+def make_folder(root: Path, count: int) -> list[str]:
+    """``count`` empty ``.jpg`` files in a few nested folders; their paths in listing order."""
+    for i in range(count):
+        path = root / f"d{i // 50:02d}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    return [str(root / f"d{i // 50:02d}" / f"{i:05d}.jpg") for i in range(count)]
+
+
+def planner_for(output: Path, source: Path, *, sizer: ShardSizer, start=None, **kwargs) -> Planner:
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+    resume = start.listing if start is not None else None
+    return Planner(
+        open_listing(open_source(str(source)), resume),
+        storage=storage,
+        layout=layout,
+        run_id=RUN_ID,
+        source=str(source),
+        sizer=sizer,
+        start=start,
+        **kwargs,
+    )
+
+
+def run_to_end(planner: Planner) -> list[int]:
+    taken: list[int] = []
+    deadline = time.monotonic() + PLAN_TIMEOUT_S
+    while not planner.finished:
+        assert time.monotonic() < deadline, "planning did not finish"
+        planner.wait(0.2)
+        taken.extend(planner.take())
+    taken.extend(planner.take())
+    return taken
+
+
+def planned_uris(output: Path, num_shards: int) -> list[str]:
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+    return [
+        obj.uri for s in range(num_shards) for obj in read_shard(storage, layout, RUN_ID, s)
+    ]
+
+
+def fixed(size: int) -> ShardSizer:
+    return ShardSizer(fixed=size, batch_size=1, actors=1)
+
+
+# --------------------------------------------------------------------------- the planner
+
+
+def test_shards_are_offered_only_once_a_written_checkpoint_covers_them(tmp_path):
+    uris = make_folder(tmp_path / "src", 230)
+    output = tmp_path / "out"
+    planner = planner_for(output, tmp_path / "src", sizer=fixed(10)).start()
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+    offered: list[int] = []
+    deadline = time.monotonic() + PLAN_TIMEOUT_S
+    while not planner.finished and time.monotonic() < deadline:
+        planner.wait(0.05)
+        ids = planner.take()
+        if ids:
+            checkpoint = read_checkpoint(storage, layout, RUN_ID)
+            assert checkpoint is not None and checkpoint.shards > max(ids)
+            offered.extend(ids)
+    offered.extend(planner.take())
+    summary = read_plan_summary(storage, layout, RUN_ID)
+    assert (summary.num_shards, summary.num_images, summary.shard_size) == (23, 230, 10)
+    assert offered == list(range(23))
+    assert planned_uris(output, 23) == uris
+
+
+def test_a_stopped_planner_resumes_from_its_checkpoint_with_every_object_once(tmp_path):
+    uris = make_folder(tmp_path / "src", 347)
+    output = tmp_path / "out"
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+    # A window of 3 untaken shards holds the listing back: it is mid-listing when stopped.
+    first = planner_for(output, tmp_path / "src", sizer=fixed(9), window=3).start()
+    taken: list[int] = []
+    while len(taken) < 3:
+        first.wait(0.2)
+        taken.extend(first.take())
+    first.stop()
+    checkpoint = read_checkpoint(storage, layout, RUN_ID)
+    assert 3 <= checkpoint.shards < 347 // 9, checkpoint
+    assert read_plan_summary(storage, layout, RUN_ID) is None
+    # A killed driver may leave plan files past the checkpoint: they are planned again.
+    for junk in range(checkpoint.shards, checkpoint.shards + 3):
+        Path(layout.plan_shard(RUN_ID, junk)).write_bytes(b"half written")
+
+    second = planner_for(output, tmp_path / "src", sizer=fixed(9), start=checkpoint).start()
+    resumed = run_to_end(second)
+    summary = read_plan_summary(storage, layout, RUN_ID)
+    assert summary.num_images == 347
+    assert resumed == list(range(summary.num_shards))  # earlier shards offered again first
+    assert planned_uris(output, summary.num_shards) == uris
+
+
+def test_a_source_that_changed_under_the_checkpoint_is_refused(tmp_path):
+    make_folder(tmp_path / "src", 120)
+    output = tmp_path / "out"
+    first = planner_for(output, tmp_path / "src", sizer=fixed(10), window=2).start()
+    while not first.take():
+        first.wait(0.2)
+    first.stop()
+    checkpoint = read_checkpoint(LocalStorage(), OutputLayout(str(output)), RUN_ID)
+    assert checkpoint.listing["position"] >= 10
+    (tmp_path / "src" / "d00" / "00003.jpg").unlink()
+    second = planner_for(output, tmp_path / "src", sizer=fixed(10), start=checkpoint).start()
+    with pytest.raises(SourceChangedError, match="start a new run"):
+        run_to_end(second)
+
+
+class _FailingListing(Listing):
+    def __iter__(self):
+        from pipeline.store.sources import SourceObject
+
+        for i in range(25):
+            self.objects_seen += 1
+            yield SourceObject(f"/x/{i}.jpg")
+        raise OSError("the listing broke")
+
+    def checkpoint(self) -> dict:
+        return {"kind": "test", "position": self.objects_seen}
+
+
+def test_a_listing_error_reaches_the_dispatcher(tmp_path):
+    planner = Planner(
+        _FailingListing(),
+        storage=LocalStorage(),
+        layout=OutputLayout(str(tmp_path)),
+        run_id=RUN_ID,
+        source="/x",
+        sizer=fixed(10),
+    ).start()
+    with pytest.raises(OSError, match="the listing broke"):
+        run_to_end(planner)
+
+
+# --------------------------------------------------------------------------- shard sizes
+
+
+def test_automatic_shard_sizes_have_bounds_and_whole_batches():
+    sizer = ShardSizer(fixed=None, batch_size=1, actors=4)
+    assert sizer.size(1) == MIN_SHARD_SIZE
+    assert sizer.size(10**9) == MAX_SHARD_SIZE
+    assert sizer.size(4 * TARGET_SHARDS_PER_ACTOR * 100) == 100
+    assert ShardSizer(fixed=None, batch_size=12, actors=1).size(100) == 24  # 16 -> 2 batches
+    assert ShardSizer(fixed=7, batch_size=12, actors=64).size(10**9) == 7
+
+
+def test_the_640_image_folder_gives_each_of_two_actors_several_shards(tmp_path):
+    uris = make_folder(tmp_path / "src", 640)
+    output = tmp_path / "out"
+    sizer = ShardSizer(fixed=None, batch_size=8, actors=2)
+    planner = planner_for(output, tmp_path / "src", sizer=sizer).start()
+    run_to_end(planner)
+    summary = planner.summary
+    sizes = [
+        len(read_shard(LocalStorage(), OutputLayout(str(output)), RUN_ID, s))
+        for s in range(summary.num_shards)
+    ]
+    assert summary.num_shards >= 2 * TARGET_SHARDS_PER_ACTOR, sizes
+    assert max(sizes) <= 640 // (2 * TARGET_SHARDS_PER_ACTOR), sizes
+    assert sizes[0] == MIN_SHARD_SIZE
+    assert all(size % 8 == 0 for size in sizes[:-1]), sizes
+    assert planned_uris(output, summary.num_shards) == uris
+
+
+# --------------------------------------------------------------------------- a killed driver
+
+#: Objects of the S3 job, shards of SHARD_SIZE, and the pause after each plan shard that
+#: keeps the driver mid-listing long enough to kill it there.
+S3_JOB_IMAGES = 48
+S3_SHARD_SIZE = 4
+PLAN_SHARD_DELAY_S = 0.5
+
+
+def list_requests(proxy: FaultProxy, bucket: str, key_prefix: str) -> list[dict]:
+    """The ListObjectsV2 requests of ``key_prefix`` the proxy saw (their parameters)."""
+    out = []
+    for request in proxy.requests():
+        params = request.params
+        if (
+            request.method == "GET"
+            and request.path.strip("/") == bucket
+            and params.get("list-type") == "2"
+            and params.get("prefix", "").startswith(key_prefix)
+        ):
+            out.append(params)
+    return out
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_listing_resumes_the_listing_from_its_checkpoint(
+    cli, cache, s3_server, s3_env, s3_prefix, sample_images, reference, tmp_path
+):
+    client = s3_server.client()
+    bucket, base = s3_prefix.removeprefix("s3://").split("/", 1)
+    expected = {}
+    for i in range(S3_JOB_IMAGES):
+        item = Input(f"photos/img-{i:03d}.jpg", photo=i % 2)
+        client.put_object(Bucket=bucket, Key=base + item.key, Body=item.data(sample_images))
+        expected[f"{s3_prefix}{item.key}"] = item
+    source, output = f"{s3_prefix}photos/", tmp_path / "results"
+    args = run_args(source, output, "--shard-size", str(S3_SHARD_SIZE), "--actors", "1")
+    with FaultProxy(s3_server.endpoint_url, record=True) as proxy:
+        env = cli_env(cache, s3=s3_server, faults={"plan_shard_delay_s": PLAN_SHARD_DELAY_S})
+        env["AWS_ENDPOINT_URL"] = proxy.endpoint_url
+        run = cli.start(args, env)
+
+        def checkpointed_shards() -> int:
+            found = list(output.glob("_runs/*/plan-checkpoint.json"))
+            return json.loads(found[0].read_text())["shards"] if found else 0
+
+        wait_for(lambda: checkpointed_shards() >= 3, run, "a checkpoint of three shards")
+        kill_driver(run)
+        (run_dir,) = run_dirs(output)
+        assert not (run_dir / "plan.json").exists(), "the kill landed after planning finished"
+        checkpoint = json.loads((run_dir / "plan-checkpoint.json").read_text())
+        (resume_range,) = checkpoint["listing"]["ranges"]["ranges"]
+        resume_after = resume_range[0]
+        assert resume_after.startswith(f"{base}photos/img-"), checkpoint
+
+        proxy.reset_stats()
+        env.pop("YOLO_BATCH_FAULTS")
+        final = cli.run([*args, "--resume"], env)
+        assert final.returncode == 0, final.describe()
+        requests = list_requests(proxy, bucket, f"{base}photos/")
+    # The run's own listing starts after the checkpoint's key; the one request without a
+    # start is the preflight's check that the source can be read (one page).
+    resumed = [p for p in requests if "start-after" in p]
+    assert resumed and all(p["start-after"] >= resume_after for p in resumed), requests
+    assert len(requests) - len(resumed) == 1, requests
+    assert min(urllib.parse.unquote(p["start-after"]) for p in resumed) == resume_after
+
+    run_id = run_dir.name
+    assert_run_results(str(output), expected, reference, run_id)
+    lost, duplicated = tally(image_rows(output, run_id), expected)
+    run_record = json.loads((run_dir / "run.json").read_text())
+    assert (run_record["num_images"], run_record["status"]) == (S3_JOB_IMAGES, "succeeded")
+    status = json.loads((output / "_status.json").read_text())
+    assert (status["listing_done"], status["objects_listed"]) == (True, S3_JOB_IMAGES)
+    record(
+        Outcome(
+            area="process faults",
+            case="driver SIGKILLed mid-listing of an S3 prefix, then resumed",
+            trials=1,
+            images=len(expected),
+            rows_lost=lost,
+            rows_duplicated=duplicated,
+            result=(
+                f"listing resumed after {checkpoint['shards']} checkpointed shards, from the "
+                "checkpoint's key; completed"
+            ),
+        )
+    )
