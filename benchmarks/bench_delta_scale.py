@@ -246,9 +246,9 @@ def child(kind: str, raw: str) -> dict:
     else:
         import duckdb
 
-        from pipeline.run.incremental import Delta, _earlier_files
+        from pipeline.run.incremental import Delta
         from pipeline.run.plan import PlannedObject
-        from pipeline.store.committed import register_tables
+        from pipeline.store.committed import register_tables, table_files
     baseline = _status_kib("VmRSS")
     started = time.perf_counter()
     result: dict = {}
@@ -280,7 +280,7 @@ def child(kind: str, raw: str) -> dict:
         connection = duckdb.connect()
         register_tables(connection, tables)
         earlier = [spec["run_id"]]
-        files = _earlier_files(tables, earlier)
+        files = table_files(tables, IMAGES_TABLE, earlier)
         with Delta(
             connection, listing(), earlier, earlier_files=files, storage=LocalStorage()
         ) as delta:

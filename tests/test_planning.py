@@ -7,6 +7,9 @@
   in source order; a source that changed under the checkpoint is refused with the fix.
 - Automatic shard sizes give every actor several shards (the 640-image folder of two actors
   is not one shard of 640), within their bounds, in whole batches.
+- An incremental plan stopped after some compared chunks resumes from its checkpoint: the
+  objects to process planned exactly once, the counts and the tombstones those of the whole
+  listing.
 - The driver SIGKILLed mid-listing of an S3 prefix, then ``--resume``: the listing goes on
   from the checkpoint's key (the store's requests show it), and the tables hold every object
   exactly once.
@@ -22,10 +25,14 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from infra.local.fault_proxy import FaultProxy
-from pipeline.run.plan import read_checkpoint, read_plan_summary, read_shard
+from pipeline.run import incremental
+from pipeline.run.incremental import DeltaListing
+from pipeline.run.plan import PlanCheckpoint, read_checkpoint, read_plan_summary, read_shard
 from pipeline.run.planner import Planner
 from pipeline.run.shard_sizing import (
     MAX_SHARD_SIZE,
@@ -33,11 +40,14 @@ from pipeline.run.shard_sizing import (
     TARGET_SHARDS_PER_ACTOR,
     ShardSizer,
 )
-from pipeline.store.layout import OutputLayout
+from pipeline.store.layout import IMAGES_TABLE, TOMBSTONES_TABLE, OutputLayout
+from pipeline.store.ledger import Ledger, new_attempt_token
 from pipeline.store.listing import Listing, SourceChangedError, open_listing
 from pipeline.store.sources import open_source
 from pipeline.store.storage import LocalStorage
+from pipeline.store.tables import ResultTables
 from tests.reliability import Outcome, record, tally
+from tests.shard_attempts import run_record, shard_tables, write_attempt
 from tests.test_pipeline_e2e import (  # noqa: F401  (fixture: reference)
     Input,
     assert_run_results,
@@ -308,3 +318,105 @@ def test_driver_killed_mid_listing_resumes_the_listing_from_its_checkpoint(
             ),
         )
     )
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+EARLIER_RUN = "20261205T120000Z-early1"
+#: Of the 300 listed files: 0-199 were processed before (every tenth since changed), 200-299
+#: are new; five URIs processed before are gone.
+LISTED, PROCESSED_BEFORE, CHANGE_EVERY, GONE = 300, 200, 10, 5
+
+
+def commit_earlier_run(output: Path, source: Path, uris: list[str]) -> set[str]:
+    """An earlier committed run of ``source`` over its first files (some with an older ETag)
+    and a few that are gone; returns the URIs it processed that are gone now."""
+    storage = LocalStorage()
+    etags = {info.uri: info.etag for info in storage.list(str(source))}
+    gone = [str(source / f"gone-{k}.jpg") for k in range(GONE)]
+    earlier = uris[:PROCESSED_BEFORE] + gone
+    tables = shard_tables(EARLIER_RUN, 0, earlier, errors=0)
+    tables[IMAGES_TABLE] = tables[IMAGES_TABLE].set_column(
+        tables[IMAGES_TABLE].schema.get_field_index("etag"),
+        "etag",
+        pa.array(
+            [
+                "older" if i % CHANGE_EVERY == 0 else etags.get(uri, "x")
+                for i, uri in enumerate(earlier)
+            ],
+            pa.string(),
+        ),
+    )
+    files = write_attempt(storage, str(output), EARLIER_RUN, 0, new_attempt_token(1), tables)
+    results = ResultTables(str(output))
+    results.create()
+    results.commit_shards(EARLIER_RUN, [files])
+    record = run_record(EARLIER_RUN, str(output))
+    record.source = str(source)
+    Ledger(storage, OutputLayout(str(output))).write_run(record)
+    return set(gone)
+
+
+def delta_planner(output: Path, source: Path, *, start=None, window=1 << 30) -> Planner:
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+    listing = DeltaListing(
+        open_listing(open_source(str(source)), start.listing if start else None),
+        ResultTables(str(output)),
+        [EARLIER_RUN],
+        run_id=RUN_ID,
+        storage=storage,
+        layout=layout,
+        resume=start.extra if start else None,
+    )
+    return Planner(
+        listing,
+        storage=storage,
+        layout=layout,
+        run_id=RUN_ID,
+        source=str(source),
+        sizer=fixed(7),
+        start=start,
+        window=window,
+        extra=listing.counts_state,
+    )
+
+
+def test_an_incremental_plan_resumed_mid_listing_plans_the_delta_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(incremental, "FIRST_CHUNK_OBJECTS", 20)
+    monkeypatch.setattr(incremental, "MAX_CHUNK_OBJECTS", 40)
+    source, output = tmp_path / "src", tmp_path / "out"
+    uris = make_folder(source, LISTED)
+    gone = commit_earlier_run(output, source, uris)
+    storage, layout = LocalStorage(), OutputLayout(str(output))
+
+    first = delta_planner(output, source, window=4).start()
+    deadline = time.monotonic() + PLAN_TIMEOUT_S
+    while (read_checkpoint(storage, layout, RUN_ID) or PlanCheckpoint()).extra.get(
+        "chunks", 0
+    ) < 2:
+        assert time.monotonic() < deadline, "no checkpoint after two chunks"
+        first.wait(0.1)
+        first.take()
+    first.stop()
+    checkpoint = read_checkpoint(storage, layout, RUN_ID)
+    assert not checkpoint.extra["done"] and checkpoint.objects_listed < LISTED, checkpoint
+
+    second = delta_planner(output, source, start=checkpoint)
+    run_to_end(second.start())
+    counts = second.listing.counts
+    assert (counts.objects_listed, counts.objects_new, counts.objects_changed) == (
+        LISTED,
+        LISTED - PROCESSED_BEFORE,
+        PROCESSED_BEFORE // CHANGE_EVERY,
+    )
+    assert (counts.objects_unchanged, counts.objects_deleted) == (
+        PROCESSED_BEFORE - PROCESSED_BEFORE // CHANGE_EVERY,
+        GONE,
+    )
+    wanted = [
+        uri for i, uri in enumerate(uris) if i >= PROCESSED_BEFORE or i % CHANGE_EVERY == 0
+    ]
+    assert planned_uris(output, second.summary.num_shards) == wanted  # each once, in order
+    tombstones = DeltaTable(str(output / TOMBSTONES_TABLE)).to_pyarrow_table().to_pylist()
+    assert {row["image_uri"] for row in tombstones if row["run_id"] == RUN_ID} == gone

@@ -80,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
     started, finished = _when(status.get("started_at")), _when(status.get("finished_at"))
     errors = live.get("images_error", log["images_error"])
     print(f"started    {started}   finished {finished}")
-    print(f"images     {done:,} of {total:,} done; errors {errors:,}")
+    listing = live.get("listing_done") is False and status["status"] == "running"
+    if listing:
+        print(
+            f"listing    {live.get('objects_listed', 0):,} objects listed so far "
+            f"({live.get('objects_listed_per_second') or 0:,.0f}/s); shards are planned and "
+            "processed as the listing goes on"
+        )
+    planned = "+ planned so far" if listing else ""
+    print(f"images     {done:,} of {total:,}{planned} done; errors {errors:,}")
     print(f"detections {live.get('detections', log['detections']):,}")
     print(
         f"shards     {live.get('shards_committed', log['shards_committed'])} of "

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 
+import ray
+
 from pipeline.faults import FAULTS_ENV
 from pipeline.run.config import RunConfig
+from pipeline.run.ray_cluster import RAY_ADDRESS_ENV, init_ray
 from pipeline.run.settings import ACTOR_SETTINGS, get_field
 from pipeline.store.s3 import AWS_ENV_VARS
 from pipeline.worker import ActorConfig
@@ -85,6 +88,23 @@ def actor_count(config: RunConfig, cluster_resources: dict[str, float]) -> int:
         return max(1, int(gpus // config.gpus_per_actor))
     cpus = cluster_resources.get("CPU", 1)
     return max(1, int(cpus // (config.cpus_per_actor or CPU_ACTOR_CPUS)))
+
+
+def expected_actor_count(config: RunConfig) -> int:
+    """How many actors the run will have, known before planning starts (shard sizes depend on
+    it): ``--actors``; else for a local Ray what this machine's CPUs or GPUs allow, as
+    :func:`actor_count` will find once Ray is up; else (a cluster) from the cluster joined
+    now, as its size is known only from Ray."""
+    if config.actors:
+        return config.actors
+    if not (config.ray_address or os.environ.get(RAY_ADDRESS_ENV)):
+        if config.gpus_per_actor > 0:
+            import torch  # the driver has it loaded already (the model's fingerprint)
+
+            return actor_count(config, {"GPU": torch.cuda.device_count()})
+        return actor_count(config, {"CPU": os.cpu_count() or 1})
+    init_ray(config)
+    return actor_count(config, ray.cluster_resources())
 
 
 def resources_text(options: dict) -> str:

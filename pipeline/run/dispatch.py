@@ -132,7 +132,10 @@ class Dispatcher:
         try:
             self._await_first_shards(queue)
             if not queue:
-                logger.info("run %s: every shard is already committed", self.run_id)
+                if self.plan.shards_cut:
+                    logger.info("run %s: every shard is already committed", self.run_id)
+                else:
+                    logger.info("run %s: nothing to process", self.run_id)
                 return self.processed
             self.progress.state = "starting actors"
             self.reporter.tick(force=True)

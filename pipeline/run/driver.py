@@ -49,6 +49,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pipeline.errors import EXIT_FAILED_SHARDS, EXIT_INTERRUPTED, EXIT_OK, RunError
+from pipeline.run.actors import expected_actor_count
 from pipeline.run.config import RunConfig
 from pipeline.run.context import RunContext
 from pipeline.run.dispatch import Dispatcher
@@ -56,7 +57,7 @@ from pipeline.run.planning import delta_note, finish_plan, plan_run
 from pipeline.run.preflight import preflight
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.records import finish_run, open_run
-from pipeline.run.shard_sizing import ShardSizer, estimated_actors
+from pipeline.run.shard_sizing import ShardSizer
 from pipeline.store.ledger import RUN_ERROR, RUN_FAILED_SHARDS, RUN_INTERRUPTED, RUN_SUCCEEDED
 from pipeline.store.maintenance import compact_run
 from pipeline.worker.model_spec import resolve_model
@@ -116,8 +117,8 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
         bar=bar,
     )
     processed: list[int] = []
-    sizer = ShardSizer(config.shard_size, config.batch_size, estimated_actors(config))
     try:
+        sizer = ShardSizer(config.shard_size, config.batch_size, expected_actor_count(config))
         plan = plan_run(context, record, progress, reporter, sizer)
         dispatcher = Dispatcher(
             context,

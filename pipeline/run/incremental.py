@@ -50,12 +50,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.run.plan import PlannedObject
-from pipeline.store.committed import local_files, parquet_view, register_tables
+from pipeline.store.committed import local_files, parquet_view, register_tables, table_files
 from pipeline.store.layout import IMAGES_TABLE, TOMBSTONES_TABLE, OutputLayout
 from pipeline.store.listing import Listing
 from pipeline.store.schema import PARQUET_COMPRESSION, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage
-from pipeline.store.tables import PARTITION_COLUMN, ResultTables
+from pipeline.store.tables import ResultTables
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class DeltaListing(Listing):
             connection,
             None,
             self.earlier_runs,
-            earlier_files=_earlier_files(tables, self.earlier_runs),
+            earlier_files=table_files(tables, IMAGES_TABLE, self.earlier_runs),
             storage=self.storage,
         ) as delta:
             logger.info(
@@ -440,14 +440,6 @@ class DeltaListing(Listing):
 
     def close(self) -> None:
         self.listing.close()
-
-
-def _earlier_files(tables: ResultTables, run_ids: list[str]) -> list[str]:
-    """URIs of the committed ``images`` files of ``run_ids`` (their partitions, from the log)."""
-    table = tables.table(IMAGES_TABLE)
-    if table is None or not run_ids:
-        return []
-    return table.file_uris(partition_filters=[(PARTITION_COLUMN, "in", list(run_ids))])
 
 
 def _write_listing(objects: Iterable, path: str, *, start: int = 0) -> int:

@@ -19,7 +19,6 @@ size instead.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 #: Shards each actor should get at least, so that the run ends with every actor busy until
@@ -52,14 +51,3 @@ class ShardSizer:
         wanted = min(max(wanted, MIN_SHARD_SIZE), MAX_SHARD_SIZE)
         batch = max(1, self.batch_size)
         return min(math.ceil(wanted / batch) * batch, max(MAX_SHARD_SIZE, batch))
-
-
-def estimated_actors(config) -> int:
-    """The actor count before Ray is up: ``--actors``, else for a CPU run on a local Ray one
-    per CPU of this machine (what :func:`~pipeline.run.actors.actor_count` will find), else 1
-    (a cluster's size is known only once joined)."""
-    if config.actors:
-        return config.actors
-    if config.gpus_per_actor == 0 and not config.ray_address:
-        return max(1, int((os.cpu_count() or 1) // (config.cpus_per_actor or 1)))
-    return 1

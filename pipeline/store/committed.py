@@ -91,7 +91,7 @@ def table_files(tables: ResultTables, name: str, run_ids: list[str] | None = Non
         return []
     if run_ids is None:
         return table.file_uris()
-    return table.file_uris(partition_filters=[(PARTITION_COLUMN, "in", list(run_ids))])
+    return table.file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "in", list(run_ids))])
 
 
 def local_files(files: list[str], storage: Storage | None, folder: str) -> list[str]:
