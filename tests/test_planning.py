@@ -10,6 +10,8 @@
 - An incremental plan stopped after some compared chunks resumes from its checkpoint: the
   objects to process planned exactly once, the counts and the tombstones those of the whole
   listing.
+- Progress shows the listing (objects listed, their rate) beside the processing while both go
+  on, in the line and in ``_status.json``; the ETA waits for the listing's end.
 - The driver SIGKILLed mid-listing of an S3 prefix, then ``--resume``: the listing goes on
   from the checkpoint's key (the store's requests show it), and the tables hold every object
   exactly once.
@@ -34,6 +36,7 @@ from pipeline.run import incremental
 from pipeline.run.incremental import DeltaListing
 from pipeline.run.plan import PlanCheckpoint, read_checkpoint, read_plan_summary, read_shard
 from pipeline.run.planner import Planner
+from pipeline.run.progress import ProgressReporter, RunProgress, format_progress
 from pipeline.run.shard_sizing import (
     MAX_SHARD_SIZE,
     MIN_SHARD_SIZE,
@@ -41,7 +44,7 @@ from pipeline.run.shard_sizing import (
     ShardSizer,
 )
 from pipeline.store.layout import IMAGES_TABLE, TOMBSTONES_TABLE, OutputLayout
-from pipeline.store.ledger import Ledger, new_attempt_token
+from pipeline.store.ledger import Ledger, ShardCounts, new_attempt_token
 from pipeline.store.listing import Listing, SourceChangedError, open_listing
 from pipeline.store.sources import open_source
 from pipeline.store.storage import LocalStorage
@@ -420,3 +423,28 @@ def test_an_incremental_plan_resumed_mid_listing_plans_the_delta_exactly(tmp_pat
     assert planned_uris(output, second.summary.num_shards) == wanted  # each once, in order
     tombstones = DeltaTable(str(output / TOMBSTONES_TABLE)).to_pyarrow_table().to_pylist()
     assert {row["image_uri"] for row in tombstones if row["run_id"] == RUN_ID} == gone
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_shows_the_listing_beside_the_processing_while_both_go_on(tmp_path):
+    progress = RunProgress("r1", state="running", images_total=4_000, shards_total=40)
+    progress.objects_listed, progress.objects_listed_per_second = 12_345, 2_500.0
+    counts = ShardCounts(images=100, ok=99, errors=1, detections=7)
+    progress.add_committed(counts, this_session=True)
+    line = format_progress(progress)
+    assert line.startswith("listing 12,345 objects 2,500/s | running: 100/4,000+ images"), line
+    assert "shards 1/40+" in line and "ETA --" in line, line
+    storage = LocalStorage()
+    ProgressReporter(progress, storage=storage, status_uri=str(tmp_path / "s.json")).tick(
+        force=True
+    )
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert (status["objects_listed"], status["listing_done"]) == (12_345, False)
+    assert status["objects_listed_per_second"] == 2_500.0 and status["eta_seconds"] is None
+
+    progress.listing_done = True
+    line = format_progress(progress)
+    assert line.startswith("running: 100/4,000 images") and "shards 1/40 " in line, line
+    assert "ETA --" not in line, line

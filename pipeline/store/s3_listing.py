@@ -57,9 +57,11 @@ from pipeline.store.uris import S3_SCHEME, parse_s3
 
 logger = logging.getLogger(__name__)
 
-#: Concurrent ListObjectsV2 streams by default. Each is one request in flight (tens of ms on
-#: S3), so eight list ~100-300k keys a second; keep it at or under the storage's connection
-#: pool (``S3Storage(max_pool_connections=...)``, 16 by default).
+#: Concurrent ListObjectsV2 streams by default: each keeps one request in flight, so latency
+#: (tens of ms a page on S3) overlaps; past a few streams the client's parsing of the pages
+#: (~70 CPU ms per 1,000 keys in botocore, under one GIL) is the limit, and each split costs a
+#: few extra requests. Keep it at or under the storage's connection pool
+#: (``S3Storage(max_pool_connections=...)``, 16 by default).
 DEFAULT_LISTERS = 8
 #: Fetched pages that may wait for the consumer, per lister (the queue is bounded by this
 #: times ``listers``): enough to ride out a slow consumer step, small enough to bound memory.
