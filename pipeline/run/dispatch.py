@@ -49,6 +49,10 @@ RETRY_BACKOFF_S = 1.0
 RETRY_BACKOFF_MAX_S = 30.0
 #: Longest ``ray.wait`` between progress refreshes.
 WAIT_TIMEOUT_S = 1.0
+#: Planned shards the dispatcher queues ahead of its actors, per shard slot (actors times
+#: ``shards_per_actor``), at least QUEUE_AHEAD_MIN; the rest wait in the planner's window.
+QUEUE_AHEAD_PER_SLOT = 4
+QUEUE_AHEAD_MIN = 64
 #: Shortest sleep while every queued shard waits out its backoff.
 IDLE_SLEEP_S = 0.01
 
@@ -143,7 +147,7 @@ class Dispatcher:
             actors = actor_count(self.config, ray.cluster_resources())
             if self.sizer is not None:
                 self.sizer.actors = actors
-            if self.plan.finished:
+            if self._plan_exhausted():
                 actors = min(actors, len(queue))
             self.fleet = ActorFleet(self.config, self.spec, ray.put(self.weights), self.progress)
             self.fleet.start(actors)
@@ -164,17 +168,25 @@ class Dispatcher:
         """Take shards until there is one to run or the plan is finished."""
         while True:
             self._take_planned(queue)
-            if queue or self.plan.finished:
+            if queue or self._plan_exhausted():
                 return
             self.context.lease.check()
             self.plan.wait(WAIT_TIMEOUT_S)
             self._refresh_listing_progress()
             self.reporter.tick()
 
+    def _plan_exhausted(self) -> bool:
+        """Every shard of the plan is planned and taken."""
+        return self.plan.finished and not self.plan.shards_available
+
     def _take_planned(self, queue: collections.deque) -> None:
         """Queue the shards the planner has checkpointed since last time (not those an
-        earlier session committed)."""
-        for shard_id in self.plan.take():
+        earlier session committed), keeping a bounded queue ahead of the actors."""
+        slots = len(self.fleet.slots) if self.fleet else 1
+        ahead = max(QUEUE_AHEAD_MIN, QUEUE_AHEAD_PER_SLOT * slots * self.config.shards_per_actor)
+        if len(queue) >= ahead:
+            return
+        for shard_id in self.plan.take(ahead - len(queue)):
             if shard_id not in self._committed_before:
                 queue.append(_Shard(shard_id))
 
@@ -197,7 +209,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ loop
     def _loop(self, queue: collections.deque) -> None:
         fleet = self.fleet
-        while queue or any(slot.in_flight for slot in fleet.slots) or not self.plan.finished:
+        while queue or any(slot.in_flight for slot in fleet.slots) or not self._plan_exhausted():
             self.context.lease.check()
             fleet.check_start_deadlines()
             self._take_planned(queue)
@@ -233,7 +245,7 @@ class Dispatcher:
         for slot in self.fleet.slots:
             if not slot.ready:
                 continue
-            if not slot.in_flight and not queue and self.plan.finished:
+            if not slot.in_flight and not queue and self._plan_exhausted():
                 self._tail_started = self._tail_started or time.monotonic()
             while len(slot.in_flight) < self.config.shards_per_actor:
                 shard = _pop_ready(queue, now)

@@ -59,10 +59,13 @@ from pipeline.store.tables import ResultTables
 
 logger = logging.getLogger(__name__)
 
-#: Objects of the listing's first chunk compared with the earlier state; each chunk after
-#: it is twice as large, up to MAX_CHUNK_OBJECTS (each comparison scans the earlier state).
+#: Objects of the listing's first chunk compared with the earlier state: the first shards
+#: are planned seconds after the state is read. Each chunk after it is CHUNK_GROWTH times
+#: larger, up to MAX_CHUNK_OBJECTS, as each comparison scans the whole earlier state; a resume
+#: lists at most one chunk again.
 FIRST_CHUNK_OBJECTS = 1_000
-MAX_CHUNK_OBJECTS = 256_000
+CHUNK_GROWTH = 4
+MAX_CHUNK_OBJECTS = 2_000_000
 #: Listed objects buffered before they are written to the temporary listing file.
 LISTING_BATCH_ROWS = 50_000
 #: Objects per batch read back from the delta query.
@@ -317,11 +320,12 @@ class DeltaListing(Listing):
     runs of the same source), as a :class:`~pipeline.store.listing.Listing` the planner cuts
     into shards while the listing goes on. :attr:`counts` holds what the comparison found.
 
-    The listing is compared in chunks (:data:`FIRST_CHUNK_OBJECTS`, doubling up to
+    The listing is compared in chunks (:data:`FIRST_CHUNK_OBJECTS`, growing up to
     :data:`MAX_CHUNK_OBJECTS`: the first shards are planned seconds after the earlier state is
     read, later chunks amortise each comparison's scan of it). Each chunk's listed objects are
     also kept in the run's folder (``_runs/RUN/listing/chunk-NNNNNN.parquet``), so that the
-    deleted objects can be found at the end even when the listing was resumed. The pass is
+    deleted objects can be found at the end even when the listing was resumed; they are
+    deleted once the plan is complete (:meth:`discard_chunks`). The pass is
     resumable at chunk ends (:attr:`on_boundary`); :meth:`counts_state` goes into the plan
     checkpoint. At the end, the deleted objects become ``run_id``'s tombstones.
     """
@@ -378,7 +382,8 @@ class DeltaListing(Listing):
             self._restore_chunks(delta)
             delta.counts = self.counts
             objects = iter(self.listing)
-            size = min(FIRST_CHUNK_OBJECTS << self.chunks_done, MAX_CHUNK_OBJECTS)
+            size = min(FIRST_CHUNK_OBJECTS * CHUNK_GROWTH**self.chunks_done, MAX_CHUNK_OBJECTS)
+            compared = time.perf_counter()
             while True:
                 before = self.counts.objects_listed
                 todo = delta.classify(itertools.islice(objects, size))
@@ -390,13 +395,15 @@ class DeltaListing(Listing):
                 self.chunks_done += 1
                 if self.on_boundary is not None:
                     self.on_boundary()
-                size = min(size * 2, MAX_CHUNK_OBJECTS)
+                size = min(size * CHUNK_GROWTH, MAX_CHUNK_OBJECTS)
             delta.finish()
             logger.info(
-                "compared %d listed objects with %d earlier run(s) in %.1f s: %s",
-                self.counts.objects_listed,
+                "listed and compared %s objects with %d earlier run(s) in %.1f s "
+                "(%d chunks): %s",
+                f"{self.counts.objects_listed:,}",
                 len(self.earlier_runs),
-                time.perf_counter() - started,
+                time.perf_counter() - compared,
+                self.chunks_done,
                 self.counts.summary(),
             )
             delta.write_tombstones(tables, self.run_id)
@@ -422,6 +429,18 @@ class DeltaListing(Listing):
         for path in local_files(uris, self.storage, folder):
             delta.add_listed(path)
         logger.info("the listing resumes after %d compared chunks", self.chunks_done)
+
+    def discard_chunks(self) -> None:
+        """Delete the listing chunks kept in the run's folder: once the plan is complete, no
+        resume needs them (a failure is logged; they are small next to the results)."""
+        for chunk in range(self.chunks_done):
+            try:
+                self.storage.delete(self.layout.listing_chunk(self.run_id, chunk))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("could not delete listing chunk %d: %s", chunk, exc)
+                return
 
     def checkpoint(self) -> dict:
         return self.listing.checkpoint()

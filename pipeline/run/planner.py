@@ -126,12 +126,14 @@ class Planner:
         self._thread.start()
         return self
 
-    def take(self) -> list[int]:
-        """Ids of the shards planned and checkpointed since the last call (in order)."""
+    def take(self, limit: int | None = None) -> list[int]:
+        """Ids of the shards planned and checkpointed since the last call (in order), at most
+        ``limit``."""
         with self._cond:
             self._raise_error()
-            ids = list(range(self._taken, self._offered))
-            self._taken = self._offered
+            end = self._offered if limit is None else min(self._offered, self._taken + limit)
+            ids = list(range(self._taken, end))
+            self._taken = end
             self._cond.notify_all()
             return ids
 

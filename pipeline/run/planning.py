@@ -43,7 +43,8 @@ class CompletePlan:
         self.shards_cut, self.images_cut = summary.num_shards, summary.num_images
         self._taken = False
 
-    def take(self) -> list[int]:
+    def take(self, limit: int | None = None) -> list[int]:
+        """Every shard, at the first call (``limit`` does not apply: the plan is on disk)."""
         ids = [] if self._taken else list(range(self.summary.num_shards))
         self._taken = True
         return ids
@@ -138,6 +139,7 @@ def finish_plan(
         return None
     listing = getattr(plan, "listing", None)
     if isinstance(listing, DeltaListing):
+        listing.discard_chunks()
         record.incremental = True
         for name, value in listing.counts.as_dict().items():
             setattr(record, name, value)
