@@ -270,6 +270,9 @@ def test_incremental_run_processes_only_new_and_changed_images_on_s3(
     assert "nothing new or changed" in record["message"]
     assert "_lease.json" not in _keys(client, bucket, f"{base}out/")
     assert query(output, "SELECT count(*) FROM images").column(0)[0].as_py() == N + M - D
+    # The listing kept for a resume is gone once the plan is complete.
+    kept = client.list_objects_v2(Bucket=bucket, Prefix=f"{base}out/_runs/{third.run_id}/listing/")
+    assert kept["KeyCount"] == 0, kept.get("Contents")
     print(f"nothing-new run took {took:.1f} s")
 
 

@@ -160,6 +160,7 @@ class Dispatcher:
             raise
         finally:
             self.plan.stop()
+            self._refresh_listing_progress()
             if self.fleet is not None:
                 self.fleet.stop()
         return self.processed
