@@ -153,8 +153,8 @@ class Dispatcher:
             self.fleet.start(actors)
             self._loop(queue)
             self.commits.close()
-            if self._tail_started is not None:
-                self.progress.tail_seconds = round(time.monotonic() - self._tail_started, 3)
+            tail_started = self._tail_started or time.monotonic()  # no actor ever idled
+            self.progress.tail_seconds = round(time.monotonic() - tail_started, 3)
         except KeyboardInterrupt:
             self._commit_finished_before_stopping()
             raise
