@@ -19,8 +19,9 @@ Splitting
     The listing starts with one range over everything (or the ranges of a checkpoint). A lister
     with no unstarted range to take, while fewer than ``listers`` ranges are being listed,
     splits the range with the largest remaining key span (:func:`~pipeline.store.key_space.span`)
-    whose last page was truncated: at a key ``m`` strictly between its last fetched key and its
-    ``upto`` (:func:`~pipeline.store.key_space.midpoint`), the running stream keeps
+    whose last page was truncated, once it has fetched :data:`PAGES_BEFORE_SPLIT` pages: at a
+    key ``m`` strictly between its last fetched key and its ``upto``
+    (:func:`~pipeline.store.key_space.midpoint`), the running stream keeps
     ``(cur, m]`` and the idle lister takes ``(m, old upto]``. A split range that turns out empty
     costs one request; bisection then moves on to narrower halves, so sequential names such as
     ``img_000001.jpg`` .. converge onto their live part in a few dozen requests.
@@ -73,6 +74,10 @@ POLL_S = 0.1
 #: already in flight finishes first; the threads are daemons, so one stuck in a request is
 #: left behind).
 CLOSE_JOIN_S = 2.0
+#: Pages a range's stream fetches before it may be split: a prefix of a few pages lists in
+#: well under a second with one stream, and bisecting toward its keys would cost more requests
+#: (tens, for sequential names) than it saves.
+PAGES_BEFORE_SPLIT = 4
 #: The version of the checkpoint format written by :meth:`S3Listing.checkpoint`.
 CHECKPOINT_VERSION = 1
 
@@ -88,6 +93,7 @@ class _Range:
     emitted: str | None  # the last key yielded to the consumer (None: nothing yet)
     token: str | None = None  # ContinuationToken of the next request
     truncated: bool = False  # the last page said more keys follow
+    pages: int = 0  # pages fetched
     started: bool = False  # a lister took it
     fetched: bool = False  # its last page has been fetched
 
@@ -328,7 +334,11 @@ class S3Listing:
         active = self._active()
         if len(active) >= self.listers:
             return None
-        candidates = [r for r in active if r.truncated and r.cur is not None]
+        candidates = [
+            r
+            for r in active
+            if r.truncated and r.cur is not None and r.pages >= PAGES_BEFORE_SPLIT
+        ]
         if not candidates:
             return None
         width = max(len(b) for r in candidates for b in (r.cur, r.upto or "")) - len(self._prefix)
@@ -383,6 +393,7 @@ class S3Listing:
                 r.token = page.get("NextContinuationToken")
                 last = beyond or not page.get("IsTruncated") or not r.token
                 r.truncated = not last
+                r.pages += 1
                 r.fetched = last
                 self._lock.notify_all()
             if objects or last:
