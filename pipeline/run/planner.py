@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 PLAN_WRITE_THREADS = 8
 #: Shard files written but not yet confirmed, at most (bounds memory while planning).
 PLAN_WRITES_IN_FLIGHT = 32
+#: Objects listed before the first shard is cut, at most, and the longest wait for them: the
+#: first shards' size then comes from this much of the source (a folder or a manifest is
+#: usually listed whole by then) instead of from a handful of objects.
+FIRST_CUT_LOOKAHEAD = 20_000
+FIRST_CUT_WAIT_S = 1.0
 #: Planned shards not yet taken by the dispatcher, at most: beyond it the listing waits.
 PLAN_WINDOW_SHARDS = 4096
 #: Longest wait on a condition before checking for a stop request.
@@ -181,8 +186,6 @@ class Planner:
                 self._list_and_cut()
                 if self._stop.is_set():
                     return
-                if self._open:
-                    self._cut()
                 self.listing_done = True
                 self._add_candidate(carry=())
                 self._wait_for(lambda: self._offered == self.shards_cut or self._error)
@@ -210,25 +213,49 @@ class Planner:
             self.listing.close()
 
     def _list_and_cut(self) -> None:
+        """List, cutting shards as objects come. Unless the shard size is fixed, the first cut
+        waits for :data:`FIRST_CUT_LOOKAHEAD` objects or :data:`FIRST_CUT_WAIT_S` (or the
+        listing's end), so a source that lists fast (a folder, a manifest, a small prefix) is
+        cut in shards sized from its whole count rather than growing from the smallest."""
         listing = self.listing
         if not listing.resumable_anywhere:
             listing.on_boundary = lambda: self._add_candidate(carry=self._open)
+        looking_ahead = not self.shards_cut and self.sizer.fixed is None
         for obj in listing:
             self._open.append(obj)
             self.objects_received += 1
-            if len(self._open) >= self.sizer.size(self.objects_received):
-                self._cut()
-                if listing.resumable_anywhere:
-                    self._add_candidate(carry=())
-                faults.after_plan_shard()
-                if not self._wait_for_window():
-                    return
+            if looking_ahead:
+                if (
+                    len(self._open) < FIRST_CUT_LOOKAHEAD
+                    and time.monotonic() - self.started_at < FIRST_CUT_WAIT_S
+                ):
+                    continue
+                looking_ahead = False
+            if not self._cut_full_shards():
+                return
             if self._stop.is_set():
                 return
+        if not self._stop.is_set():
+            self._cut_full_shards(final=True)
 
-    def _cut(self) -> None:
-        """Write the open shard's objects as the next shard (in the background)."""
-        objects, self._open = self._open, []
+    def _cut_full_shards(self, *, final: bool = False) -> bool:
+        """Cut every shard the open objects fill (``final``: all of them); ``False`` when
+        stopped meanwhile."""
+        while self._open:
+            size = self.sizer.size(self.objects_received)
+            if len(self._open) < size and not final:
+                break
+            self._cut(size)
+            if self.listing.resumable_anywhere:
+                self._add_candidate(carry=self._open)
+            faults.after_plan_shard()
+            if not self._wait_for_window():
+                return False
+        return True
+
+    def _cut(self, size: int) -> None:
+        """Write the first ``size`` open objects as the next shard (in the background)."""
+        objects, self._open = self._open[:size], self._open[size:]
         shard_id = self.shards_cut
         self.shards_cut += 1
         self.images_cut += len(objects)

@@ -254,8 +254,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "batch_size", integer(1), "images per batch", GROUP_RESOURCES,
             section=RESOURCES, cli_type=int, actor_field="batch_size"),
     Setting("shard_size", "shard_size", integer(1),
-            "images per shard (default: sized so every actor gets at least 8 shards, "
-            "16 to 1000)", GROUP_RESOURCES, section=RESOURCES, cli_type=int),
+            "images per shard (default: sized so every actor gets at least 4 shards, "
+            "32 to 1000)", GROUP_RESOURCES, section=RESOURCES, cli_type=int),
     Setting("listers", "listers", integer(1),
             "concurrent listing streams over an S3 prefix's key space (default: 8 on AWS S3; "
             "1 on a custom endpoint: set it when your store lists keys in UTF-8 byte order as "

@@ -10,10 +10,12 @@ far (a lower bound on the total that becomes exact when the listing ends) and th
     size = ceil(objects listed / (actors * TARGET_SHARDS_PER_ACTOR)),
            rounded up to whole batches, within [MIN_SHARD_SIZE, MAX_SHARD_SIZE]
 
-so every actor gets about :data:`TARGET_SHARDS_PER_ACTOR` shards or more, the first shards of
-a run are small (the first one commits seconds after the listing starts), and the last shard
-of any actor is a small part of its work (a short straggler tail). ``--shard-size`` fixes the
-size instead.
+so every actor gets about :data:`TARGET_SHARDS_PER_ACTOR` shards or more, and the last shard of
+any actor is a small part of its work (a short straggler tail). The planner looks ahead before
+its first cut (:data:`~pipeline.run.planner.FIRST_CUT_LOOKAHEAD` objects or a second), so a
+source that lists fast is cut evenly from its whole count; one that lists slowly starts with
+small shards (the first one commits seconds after the listing starts) that grow as it goes.
+``--shard-size`` fixes the size instead.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-#: Shards each actor should get at least, so that the run ends with every actor busy until
-#: about its last eighth of work, not waiting on one straggler.
-TARGET_SHARDS_PER_ACTOR = 8
+#: Shards each actor should get at least: enough that the run ends with every actor busy until
+#: about its last quarter of work, few enough that per-shard costs stay small (measured on a
+#: 2-core CPU machine: a fraction of a second per shard: docs/performance.md).
+TARGET_SHARDS_PER_ACTOR = 4
 #: Smallest automatic shard: below it per-shard costs (a Ray task, two Parquet files, a log
-#: commit share) would show, and a GPU batch would be cut short.
-MIN_SHARD_SIZE = 16
+#: commit share, the ramp-up of its reads) would show, and a GPU batch would be cut short.
+MIN_SHARD_SIZE = 32
 #: Largest automatic shard: the cost of retrying one shard and the size of its plan file and
 #: results files stay small, and progress moves often.
 MAX_SHARD_SIZE = 1000
