@@ -249,6 +249,11 @@ class Delta:
             with contextlib.suppress(duckdb.Error):
                 self.con.execute(f"DROP TABLE IF EXISTS {table}")
 
+    @property
+    def workdir(self) -> str:
+        """The temporary folder this delta owns (removed by :meth:`close`)."""
+        return self._tmp
+
     def add_listed(self, path: str, listed: int | None = None) -> None:
         """Count the chunk file ``path`` as listed (for :meth:`finish`); ``listed``: its
         objects, when they are to be added to :attr:`counts`."""
@@ -425,7 +430,7 @@ class DeltaListing(Listing):
         if not self.chunks_done:
             return
         uris = [self.layout.listing_chunk(self.run_id, c) for c in range(self.chunks_done)]
-        folder = os.path.join(delta._tmp, "resumed")
+        folder = os.path.join(delta.workdir, "resumed")
         for path in local_files(uris, self.storage, folder):
             delta.add_listed(path)
         logger.info("the listing resumes after %d compared chunks", self.chunks_done)
