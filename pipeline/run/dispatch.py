@@ -246,12 +246,10 @@ class Dispatcher:
         for slot in self.fleet.slots:
             if not slot.ready:
                 continue
-            if not slot.in_flight and not queue and self._plan_exhausted():
-                self._tail_started = self._tail_started or time.monotonic()
             while len(slot.in_flight) < self.config.shards_per_actor:
                 shard = _pop_ready(queue, now)
                 if shard is None:
-                    return
+                    break
                 shard.attempts += 1
                 try:
                     objects = read_shard(
@@ -270,6 +268,14 @@ class Dispatcher:
                 )
                 ref = slot.handle.process_shard.remote(task)
                 slot.in_flight[ref] = (shard, slot.generation)
+        self._note_tail(queue)
+
+    def _note_tail(self, queue: collections.deque) -> None:
+        """Start the straggler tail's clock when a ready actor first has nothing left to run."""
+        if self._tail_started is not None or queue or not self._plan_exhausted():
+            return
+        if any(slot.ready and not slot.in_flight for slot in self.fleet.slots):
+            self._tail_started = time.monotonic()
 
     def _settle(self, ref, slot: Slot, shard: _Shard, generation: int, queue) -> None:
         """A shard's task finished: commit it, or retry it (replacing a dead actor)."""
