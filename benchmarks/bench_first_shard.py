@@ -67,7 +67,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_listing import BUCKET, is_listing, object_key, populate  # noqa: E402
+from benchmarks.bench_listing import (  # noqa: E402
+    BUCKET,
+    is_listing,
+    object_key,
+    populate,
+    use_server_credentials,
+)
 from benchmarks.common import REPO, LoadMonitor, cpu_model, json_args, median, write_json  # noqa: E402
 from infra.local.fault_proxy import FaultProxy, ProxyRequest  # noqa: E402
 from infra.local.object_store import SeaweedS3Server  # noqa: E402
@@ -664,17 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         with SeaweedS3Server(args.data_dir) as server:
-            os.environ.update(
-                AWS_ACCESS_KEY_ID=server.access_key,
-                AWS_SECRET_ACCESS_KEY=server.secret_key,
-                AWS_REGION=server.region,
-                AWS_EC2_METADATA_DISABLED="true",
-                AWS_CONFIG_FILE=os.devnull,
-                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-                NO_PROXY="127.0.0.1,localhost",
-            )
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-                os.environ.pop(name, None)
+            use_server_credentials(server)
             report["population"] = populate(server, args)
             prefix = f"{args.names}-{args.objects}/"
             source = f"s3://{BUCKET}/{prefix}"

@@ -124,6 +124,22 @@ def read_marker(client, args: argparse.Namespace) -> dict | None:
     return json.loads(body)
 
 
+def use_server_credentials(server: SeaweedS3Server) -> None:
+    """Point this process's AWS settings at ``server`` only (nothing from a profile, no
+    endpoint override left over)."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=server.access_key,
+        AWS_SECRET_ACCESS_KEY=server.secret_key,
+        AWS_REGION=server.region,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+
+
 def populate(server: SeaweedS3Server, args: argparse.Namespace) -> dict:
     """Write the set unless its marker says it is complete; what was done, and how fast."""
     client = server.client(max_pool_connections=args.put_threads)
@@ -406,17 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor = LoadMonitor().start()
     try:
         with SeaweedS3Server(args.data_dir) as server:
-            os.environ.update(
-                AWS_ACCESS_KEY_ID=server.access_key,
-                AWS_SECRET_ACCESS_KEY=server.secret_key,
-                AWS_REGION=server.region,
-                AWS_EC2_METADATA_DISABLED="true",
-                AWS_CONFIG_FILE=os.devnull,
-                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-                NO_PROXY="127.0.0.1,localhost",
-            )
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-                os.environ.pop(name, None)
+            use_server_credentials(server)
             report["population"] = populate(server, args)
 
             prefix_uri = f"s3://{BUCKET}/{set_prefix(args)}"
