@@ -198,7 +198,7 @@ SAMPLE_S = 0.05
 #: Processes whose presence means Ray was started.
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "plasma", "dashboard")
 #: Log lines of the comparison, kept in the report.
-DELTA_LOG = re.compile(r"earlier run\(s\)|compared \d+ listed objects|read the state of")
+DELTA_LOG = re.compile(r"earlier run\(s\)|listed and compared [\d,]+ objects|read the state of")
 #: The dispatcher's line when the plan had no shard to run (it returns before ``init_ray``);
 #: older code said "every shard is already committed" for an empty plan too.
 NO_SHARD_LOG = re.compile(r"run \S+: (nothing to process|every shard is already committed)")
@@ -388,7 +388,7 @@ def check_nothing_new(cli: dict, num_images: int) -> list[str]:
     if not re.search(r": succeeded; 0/0 images .*nothing new or changed$", cli["summary"]):
         problems.append(f"summary does not say 0 images, nothing new: {cli['summary']!r}")
     compared = [line for line in cli["delta_log"] if "compared" in line]
-    expected = f"compared {num_images} listed objects"
+    expected = f"listed and compared {num_images:,} objects"
     if not any(expected in line for line in compared):
         problems.append(f"no log line {expected!r}")
     if not any(
