@@ -67,14 +67,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_listing import (  # noqa: E402
-    BUCKET,
-    is_listing,
-    object_key,
-    populate,
+from benchmarks.bench_listing import BUCKET, is_listing, object_key, populate  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    REPO,
+    LoadMonitor,
+    cpu_model,
+    json_args,
+    median,
+    process_tree,
     use_server_credentials,
+    write_json,
 )
-from benchmarks.common import REPO, LoadMonitor, cpu_model, json_args, median, write_json  # noqa: E402
 from infra.local.fault_proxy import FaultProxy, ProxyRequest  # noqa: E402
 from infra.local.object_store import SeaweedS3Server  # noqa: E402
 
@@ -329,31 +332,10 @@ class Contender:
     flags: tuple[str, ...] = ()
 
 
-def descendants(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(text[text.rindex(b")") + 2 :].split()[1])
-    found = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found - {root}
-
-
 def actor_pythonpaths(root: int) -> list[str]:
     """``PYTHONPATH`` of the Ray actor processes under ``root`` (empty until they exist)."""
     paths = []
-    for pid in descendants(root):
+    for pid in process_tree(root) - {root}:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"DetectorActor" not in cmdline:

@@ -47,7 +47,13 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import LoadMonitor, cpu_model, json_args, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LoadMonitor,
+    cpu_model,
+    json_args,
+    process_tree,
+    write_json,
+)
 from pipeline.run.commits import COMMIT_BATCH_SHARDS  # noqa: E402
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
 from pipeline.store.ledger import (  # noqa: E402
@@ -304,24 +310,7 @@ class TreeSampler:
             self._stop.wait(SAMPLE_S)
 
     def _sample(self) -> None:
-        parents: dict[int, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(text[text.rindex(b")") + 2 :].split()[1])
-        tree, frontier = {self.root}, [self.root]
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parents.items():
-            children.setdefault(ppid, []).append(pid)
-        while frontier:
-            for child in children.get(frontier.pop(), ()):
-                tree.add(child)
-                frontier.append(child)
+        tree = process_tree(self.root)
         total = 0
         for pid in tree:
             try:
@@ -447,7 +436,7 @@ def nightly(args: argparse.Namespace, num_images: int) -> dict:
             "manifest_write_s": round(manifest_s, 1),
             "manifest_mib": round(manifest.stat().st_size / 2**20, 1),
             "manifest_read_s": [round(seconds, 2) for seconds, _ in floor],
-            "floor_s": round(floor_s, 2),
+            "floor_s": round(floor_s, 3),
             "ratio": round(cli["seconds"] / floor_s, 1),
             "python_read_s": round(python_s, 2),
             "foreign_cores": round(monitor.interval(cli_started, cli_ended)["foreign_cores"], 2),
@@ -492,7 +481,7 @@ def main_nightly(args: argparse.Namespace) -> int:
         print(f"| {r['images']:,} | manifest read (pyarrow, best of 2) | {r['floor_s']} | | 1.0 |")
         print(
             f"| | manifest read as Python values (`to_pydict`) | {r['python_read_s']} | | "
-            f"{r['python_read_s'] / r['floor_s']:.1f} |"
+            f"{r['python_read_s'] / max(r['floor_s'], 0.001):.1f} |"
         )
         print(
             f"| | `run --incremental`, nothing new (CLI process) | {cli['seconds']} | "

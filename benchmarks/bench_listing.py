@@ -57,6 +57,7 @@ from benchmarks.common import (  # noqa: E402
     json_args,
     median,
     rate,
+    use_server_credentials,
     write_json,
 )
 from infra.local.fault_proxy import FaultProxy, ProxyRequest  # noqa: E402
@@ -122,22 +123,6 @@ def read_marker(client, args: argparse.Namespace) -> dict | None:
     except client.exceptions.NoSuchKey:
         return None
     return json.loads(body)
-
-
-def use_server_credentials(server: SeaweedS3Server) -> None:
-    """Point this process's AWS settings at ``server`` only (nothing from a profile, no
-    endpoint override left over)."""
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=server.access_key,
-        AWS_SECRET_ACCESS_KEY=server.secret_key,
-        AWS_REGION=server.region,
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        os.environ.pop(name, None)
 
 
 def populate(server: SeaweedS3Server, args: argparse.Namespace) -> dict:

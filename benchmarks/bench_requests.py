@@ -52,7 +52,13 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import COCO_NAMES, cpu_model, json_args, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    COCO_NAMES,
+    cpu_model,
+    json_args,
+    use_server_credentials,
+    write_json,
+)
 from infra.local.fault_proxy import FaultProxy, ProxyRequest  # noqa: E402
 from infra.local.object_store import SeaweedS3Server  # noqa: E402
 from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, OutputLayout  # noqa: E402
@@ -349,17 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         SeaweedS3Server(Path(workdir) / "store") as server,
         FaultProxy(server.endpoint_url, record=True) as proxy,
     ):
-        os.environ.update(
-            AWS_ACCESS_KEY_ID=server.access_key,
-            AWS_SECRET_ACCESS_KEY=server.secret_key,
-            AWS_REGION=server.region,
-            AWS_EC2_METADATA_DISABLED="true",
-            AWS_CONFIG_FILE=os.devnull,
-            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-            NO_PROXY="127.0.0.1,localhost",
-        )
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            os.environ.pop(name, None)
+        use_server_credentials(server)
         server.client().create_bucket(Bucket=BUCKET)
         direct = S3Options(endpoint_url=server.endpoint_url, region=server.region)
         for big in args.shards:

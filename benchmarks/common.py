@@ -209,3 +209,40 @@ class LoadMonitor:
             "foreign_cpu_s": f1 - f0,
             "foreign_cores": (f1 - f0) / seconds,
         }
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process below it, from ``/proc`` (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), ()):
+            tree.add(child)
+            frontier.append(child)
+    return tree
+
+
+def use_server_credentials(server) -> None:
+    """Point this process's AWS settings at the local S3 ``server`` only (nothing from a
+    profile, no endpoint override left over)."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=server.access_key,
+        AWS_SECRET_ACCESS_KEY=server.secret_key,
+        AWS_REGION=server.region,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
