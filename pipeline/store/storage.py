@@ -87,6 +87,13 @@ class TransientStorageError(StorageError):
     operation may well succeed later."""
 
 
+class NodeFaultError(StorageError):
+    """The store refused this process for a reason of its own (expired or wrong credentials,
+    no credentials at all, a clock too far off): every read from here fails the same way, so
+    it is never a property of one image. A shard attempt that meets it fails and is retried on
+    another actor; the message is one sentence naming the cause and the fix."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """An object or file: its URI, size in bytes and version tag (S3 ETag, or size-mtime)."""

@@ -23,6 +23,12 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_FETCH_THREADS = 16
 
 
+class ActorUnhealthyError(RuntimeError):
+    """The actor cannot work any more (e.g. its read threads are stuck on reads that never
+    return, or its device is in a sticky error state): the driver replaces it. The message
+    says what is wrong."""
+
+
 @dataclass(frozen=True)
 class ActorConfig:
     """How an actor runs: batching, I/O concurrency, decoding, limits and device.
