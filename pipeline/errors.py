@@ -11,6 +11,8 @@ EXIT_USAGE = 1
 EXIT_FAILED_SHARDS = 2
 #: Interrupted (Ctrl-C): in-flight shards stay uncommitted and the run is resumable.
 EXIT_INTERRUPTED = 130
+#: Stopped by SIGTERM (what Kubernetes and most schedulers send): as Ctrl-C, exit 128 + 15.
+EXIT_TERMINATED = 143
 
 
 class RunError(Exception):
@@ -20,3 +22,9 @@ class RunError(Exception):
 class OutputError(Exception):
     """An output's results tables cannot be used as they are (an output of an earlier version,
     or a commit another driver contests); the message says what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM asked the process to stop: a run ends as on Ctrl-C (finished shards committed,
+    in-flight ones left for ``--resume``, the record ``interrupted``, the lease released) and
+    the command exits with :data:`EXIT_TERMINATED`."""

@@ -95,7 +95,9 @@ def every_setting_changed() -> dict:
         "classes": ["person", "2"], "max_det": 50, "precision": "bf16", "decode": "draft",
         "compile": True, "incremental": False,
         "resources": {"actors": 3, "gpus_per_actor": 0.5, "cpus_per_actor": 1.5,
-                      "batch_size": 4, "shard_size": 7, "fetch_threads": 5},
+                      "batch_size": 4, "shard_size": 7, "fetch_threads": 5,
+                      "shard_deadline_s": 900.0, "actor_memory": "6GiB",
+                      "image_memory": 2 * 2**30},
         "s3": {"endpoint_url": "https://s3.example.com", "region": "eu-west-1",
                "read_timeout_s": 12.5, "max_attempts": 4},
     }  # fmt: skip

@@ -17,6 +17,12 @@ injects, on a configurable fraction of requests, the faults a real store produce
   With an empty body, the same as ``slow``.
 - ``deny`` (never mixed in: name it in a rule): not forwarded; ``403 AccessDenied``, as a store
   answers a credential that lacks a permission.
+- ``expired``, ``skewed`` (never mixed in): not forwarded; ``400 ExpiredToken`` /
+  ``403 RequestTimeTooSkewed``, as a store answers every request of a process whose session
+  credentials expired or whose clock is off.
+- ``drip`` (never mixed in): forwarded, then the headers and the body a byte every
+  ``drip_s`` seconds (under any read timeout, so the client never times out), for as long as
+  the body lasts: a response that never quite stalls.
 
 Independently of faults, ``latency_s`` holds every request that long before it is forwarded
 (or answered with its fault), as a remote store's round trip (tens of milliseconds for S3
@@ -67,7 +73,15 @@ FAULT_KINDS = (SLOWDOWN, INTERNAL, RESET, SLOW, STALL)
 #: Not forwarded; ``403 AccessDenied``, as a store answers a credential lacking a permission.
 #: Permanent, so never part of a mix: rules name it explicitly.
 DENY = "deny"
-ALL_KINDS = (*FAULT_KINDS, DENY)
+#: Not forwarded; what a store answers a process with expired session credentials / a clock
+#: too far off. Permanent, for rules that name them.
+EXPIRED = "expired"
+SKEWED = "skewed"
+#: Forwarded; the body sent a byte at a time, ``drip_s`` apart. For rules that name it.
+DRIP = "drip"
+ALL_KINDS = (*FAULT_KINDS, DENY, EXPIRED, SKEWED, DRIP)
+#: Default seconds between two bytes of a ``drip`` body.
+DEFAULT_DRIP_S = 0.2
 READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
 #: Default seconds a ``slow`` or ``stall`` response stays silent.
@@ -99,6 +113,13 @@ _ERROR_BODIES = {
         "We encountered an internal error. Please try again.",
     ),
     DENY: (403, "Forbidden", "AccessDenied", "Access Denied"),
+    EXPIRED: (400, "Bad Request", "ExpiredToken", "The provided token has expired."),
+    SKEWED: (
+        403,
+        "Forbidden",
+        "RequestTimeTooSkewed",
+        "The difference between the request time and the current time is too large.",
+    ),
 }
 
 
@@ -187,6 +208,7 @@ class FaultProxy:
         upstream: the store's endpoint URL (``http://host:port``).
         seed: seeds the fault draws (one draw per request, in arrival order).
         slow_s: seconds a ``slow`` / ``stall`` fault stays silent.
+        drip_s: seconds between two bytes of a ``drip`` body.
         latency_s: seconds every request is held before it is forwarded (0: none).
         record: keep every request (:meth:`requests`), not only the counts by method.
     """
@@ -197,6 +219,7 @@ class FaultProxy:
         *,
         seed: int = 0,
         slow_s: float = DEFAULT_SLOW_S,
+        drip_s: float = DEFAULT_DRIP_S,
         latency_s: float = 0.0,
         record: bool = False,
     ) -> None:
@@ -207,6 +230,7 @@ class FaultProxy:
         self.upstream_host = parsed.hostname
         self.upstream_port = parsed.port or 80
         self.slow_s = slow_s
+        self.drip_s = drip_s
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._rules: tuple[FaultRule, ...] = ()
@@ -407,6 +431,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(self._head_bytes(response) + self._partial_body(response))
             self.proxy._stopping.wait(self.proxy.slow_s)
             self._abort(rst=False)
+        elif fault == DRIP:
+            self._drip(response)
         else:
             self._send(response)
 
@@ -476,6 +502,21 @@ class _Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _partial_body(response: _Response) -> bytes:
         return response.body[: len(response.body) // 2]
+
+    def _drip(self, response: _Response) -> None:
+        """The headers, then the body a byte every ``drip_s`` until it ends or the proxy stops
+        (the client gave up: its connection closes, and the write fails)."""
+        try:
+            self.wfile.write(self._head_bytes(response))
+            self.wfile.flush()
+            for i in range(len(response.body)):
+                if self.proxy._stopping.wait(self.proxy.drip_s):
+                    break
+                self.wfile.write(response.body[i : i + 1])
+                self.wfile.flush()
+        except OSError:
+            pass
+        self._abort(rst=False)
 
     def _reset(self, response: _Response) -> None:
         if response.body:

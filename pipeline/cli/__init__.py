@@ -5,7 +5,8 @@ adds its parser and sets ``func`` to a callable taking the parsed namespace and
 returning an exit code.
 
 Exit codes (:mod:`pipeline.errors`): 0 success, 1 usage or input error, 2 run finished with
-failed shards, 130 interrupted.
+failed shards, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled as Ctrl-C:
+:mod:`pipeline.cli.signals`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import logging
 import os
 import sys
 
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OutputError, RunError
+from pipeline.cli.signals import sigterm_as_interrupt
+from pipeline.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    OutputError,
+    RunError,
+    Terminated,
+)
 from pipeline.store.storage import StorageError
 from yolov4.errors import YoloError
 
@@ -84,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in CREDENTIAL_LOGGERS:  # their debug logs print signed request headers
         logging.getLogger(name).setLevel(max(level, logging.INFO))
     try:
-        return int(args.func(args))
+        with sigterm_as_interrupt():
+            return int(args.func(args))
     except BrokenPipeError:  # e.g. piped into `head`; not an error of ours
         sys.stderr.close()
         return EXIT_OK
+    except Terminated:
+        print("yolo-batch: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("yolo-batch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

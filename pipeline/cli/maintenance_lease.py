@@ -22,13 +22,15 @@ def show_progress(module: str) -> None:
 def under_lease(
     storage: Storage, output: str, command: str, work: Callable[[Callable[[], None]], T], retry: str
 ) -> T:
-    """``work(check)`` while holding ``output``'s lease as ``command``; ``check`` raises once
-    the lease is lost. A lost lease becomes a :class:`~pipeline.errors.RunError` that ends with
-    ``retry`` (what to do once the other job has ended)."""
+    """``work(check)`` while holding ``output``'s lease as ``command``; ``check`` (the lease's
+    fence, :meth:`~pipeline.run.lease.Lease.fence`) raises once the lease is lost or may be
+    about to be: call it right before each write. A lost lease becomes a
+    :class:`~pipeline.errors.RunError` that ends with ``retry`` (what to do once the other job
+    has ended)."""
     lease = Lease(storage, output, command=command)
     try:
         with lease:
-            return work(lease.check)
+            return work(lease.fence)
     except LeaseLostError:
         raise RunError(
             f"lost the lease of {output} while `yolo-batch {command}` ran: another job may be "

@@ -89,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         )
     planned = "+ planned so far" if listing else ""
     print(f"images     {done:,} of {total:,}{planned} done; errors {errors:,}")
+    duplicates = max(status.get("duplicates") or 0, live.get("duplicates") or 0)
+    if duplicates:
+        print(
+            f"duplicates {duplicates:,} URIs listed again in the source were skipped (the "
+            "first listing of each is processed)"
+        )
     print(f"detections {live.get('detections', log['detections']):,}")
     print(
         f"shards     {live.get('shards_committed', log['shards_committed'])} of "

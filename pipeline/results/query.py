@@ -40,7 +40,7 @@ RUNS_COLUMNS = (
     "started_at", "finished_at", "resumed", "num_shards", "num_images", "shards_committed",
     "shards_failed", "images_ok", "images_error", "detections", "images_per_second", "message",
     "config", "incremental", "objects_listed", "objects_new", "objects_changed",
-    "objects_retried", "objects_unchanged", "objects_deleted",
+    "objects_retried", "objects_unchanged", "objects_deleted", "duplicates",
 )  # fmt: skip
 #: Run-record counts of incremental runs (``NULL`` for full runs).
 _DELTA_COLUMNS = (
@@ -138,6 +138,7 @@ def _runs_table(ledger: Ledger) -> pa.Table:
         "detections": pa.int64(),
         "images_per_second": pa.float64(),
         "incremental": pa.bool_(),
+        "duplicates": pa.int64(),
         **{name: pa.int64() for name in _DELTA_COLUMNS},
     }
     columns = {}

@@ -5,7 +5,8 @@ It owns the run's settings (:mod:`~pipeline.run.settings`, :mod:`~pipeline.run.c
 specs (:mod:`~pipeline.run.jobspec`); the lifecycle (:mod:`~pipeline.run.driver`, the entry
 point, with one module per step: :mod:`~pipeline.run.context`, :mod:`~pipeline.run.preflight`,
 :mod:`~pipeline.run.records`, :mod:`~pipeline.run.planning`, :mod:`~pipeline.run.actors`,
-:mod:`~pipeline.run.ray_cluster`, :mod:`~pipeline.run.fleet`, :mod:`~pipeline.run.dispatch`);
+:mod:`~pipeline.run.ray_cluster`, :mod:`~pipeline.run.fleet`, :mod:`~pipeline.run.dispatch`,
+:mod:`~pipeline.run.shard_deadline`);
 the plan of shards (:mod:`~pipeline.run.plan`) and the incremental delta against earlier runs
 (:mod:`~pipeline.run.incremental`); the one-run-per-output lease (:mod:`~pipeline.run.lease`);
 and progress reporting (:mod:`~pipeline.run.progress`). It starts :mod:`pipeline.worker` actors

@@ -10,6 +10,10 @@ A batch whose commit fails stays pending and is tried again after a backoff with
 (a shard that finished is never run again because its commit failed), up to
 :data:`MAX_COMMIT_FAILURES` failures in a row; then the run stops with an error, and
 ``--resume`` commits what the log is missing (:meth:`ResultTables.reconcile`).
+
+Right before each commit the batcher calls its ``fence`` (the run's
+:meth:`~pipeline.run.lease.Lease.fence`): a driver whose lease may have been taken over raises
+:class:`~pipeline.run.lease.LeaseLostError` there, and nothing reaches the logs.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ COMMIT_RETRY_BACKOFF_MAX_S = 30.0
 class CommitBatcher:
     """Collects finished shards and commits them to ``tables`` in batches.
 
-    ``on_committed(shard_id, counts)`` is called for each shard once its commit succeeded.
+    ``on_committed(shard_id, counts)`` is called for each shard once its commit succeeded;
+    ``fence()``, right before each commit, raises to stop it (the lease is not surely ours).
     Call :meth:`flush` on every turn of the dispatch loop (it commits only when a batch is
     due) and :meth:`close` once no more shards will come.
     """
@@ -56,8 +61,10 @@ class CommitBatcher:
         *,
         batch_shards: int = COMMIT_BATCH_SHARDS,
         interval_s: float = COMMIT_INTERVAL_S,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self.tables = tables
+        self.fence = fence
         self.run_id = run_id
         self.on_committed = on_committed
         self.batch_shards = batch_shards
@@ -90,6 +97,8 @@ class CommitBatcher:
         if not self._pending or not (force or self.due()):
             return
         faults.before_commit()
+        if self.fence is not None:
+            self.fence()  # raises, and nothing is committed, once the lease may not be ours
         batch = [files for files, _ in self._pending.values()]
         try:
             committed = set(self.tables.commit_shards(self.run_id, batch))

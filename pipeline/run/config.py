@@ -14,7 +14,11 @@ from pipeline.store.ledger import is_run_id
 from pipeline.store.s3 import S3Options
 from pipeline.worker.decode_modes import DECODE_AUTO
 from pipeline.worker.model_spec import DetectorOptions
-from pipeline.worker.tasks import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_THREADS
+from pipeline.worker.tasks import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FETCH_THREADS,
+    DEFAULT_IMAGE_TIMEOUT_S,
+)
 
 DEFAULT_MAX_ATTEMPTS = 3
 #: Shards queued on each actor at once: one running, one ready to start.
@@ -52,6 +56,9 @@ class RunConfig:
     fetch_threads: int = DEFAULT_FETCH_THREADS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     shards_per_actor: int = DEFAULT_SHARDS_PER_ACTOR
+    #: Seconds a shard attempt may run on its actor; ``None``: automatic
+    #: (:mod:`pipeline.run.shard_deadline`).
+    shard_deadline_s: float | None = None
     #: Seconds a finished shard waits for its batch's log commit at most.
     commit_interval_s: float = COMMIT_INTERVAL_S
     ray_address: str | None = None
@@ -63,6 +70,14 @@ class RunConfig:
     run_id: str | None = None
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
+    #: Seconds an image's fetch and decode may take (:mod:`pipeline.worker.deadlines`).
+    image_timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S
+    #: Bytes of memory each actor asks Ray for; ``None``: a share of a node
+    #: (:func:`pipeline.run.actors.automatic_actor_memory`).
+    actor_memory: int | None = None
+    #: Bytes each actor's decoded images may hold; ``None``: derived from its memory
+    #: (:mod:`pipeline.worker.actor_memory`).
+    image_memory: int | None = None
     actor_start_timeout_s: float = ACTOR_START_TIMEOUT_S
     #: The job this run belongs to (from a job spec); names its lease and its run records.
     job_name: str | None = None

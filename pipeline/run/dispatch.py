@@ -7,12 +7,27 @@ there (or ends without Ray when the plan turns out empty), and goes on until the
 finished and every shard committed or out of attempts. Each actor keeps ``shards_per_actor``
 shards queued (``ray.wait``) and runs them concurrently, so the next one's input loads while
 the model finishes the one before and the model never waits on a Parquet write
-(:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task raised is retried on any
-live actor after a backoff, up to ``max_attempts``; a dead actor is replaced
-(:mod:`~pipeline.run.fleet`) and its shards requeued, and a preempted node's shard does not use
-up an attempt. A shard out of attempts is marked failed; the rest go on. A finished shard's
-files are added to the results tables' logs in batches
+(:class:`~pipeline.worker.model_turns.ModelTurns`). A shard whose task raised is retried after
+a backoff, up to ``max_attempts``, on another actor than the one it failed on where there is
+one; a dead actor is replaced (:mod:`~pipeline.run.fleet`) and its shards requeued, and a
+preempted node's shard does not use up an attempt. A shard out of attempts is marked failed;
+the rest go on. A finished shard's files are added to the results tables' logs in batches
 (:class:`~pipeline.run.commits.CommitBatcher`), so readers see only committed shards.
+
+Attempts that fail for the actor's sake, not the shard's:
+
+- An actor that keeps failing shards while others finish theirs is replaced (a sticky device
+  error); the attempts it used up are given back to the shards that failed nowhere else.
+- An attempt that meets a store refusing the actor's process
+  (:class:`~pipeline.store.storage.NodeFaultError`) uses up no attempt; its actor rests, and
+  once every live actor met it the run stops with that error's sentence (resumable).
+- An actor that reports itself unhealthy (:class:`~pipeline.worker.tasks.ActorUnhealthyError`)
+  is replaced; an attempt with no result by its deadline (:mod:`~pipeline.run.shard_deadline`)
+  fails, and its actor, wedged, is replaced. A late result of such an attempt is ignored.
+
+Shards an actor still held when the driver retired it go back to the queue without using up
+an attempt. Failure marks (``failed/``) are removed exactly for the shards that are committed,
+whichever session committed them.
 """
 
 from __future__ import annotations
@@ -20,26 +35,30 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 import ray.exceptions
+from deltalake.exceptions import DeltaError
 
-from pipeline.run.actors import actor_count
+from pipeline.errors import RunError
+from pipeline.run.actors import actor_count, for_cluster
 from pipeline.run.commits import CommitBatcher
 from pipeline.run.context import RunContext
-from pipeline.run.fleet import ActorFleet, Slot
+from pipeline.run.fleet import ActorFleet, InFlight, Slot
 from pipeline.run.plan import read_shard
 from pipeline.run.planner import Planner
 from pipeline.run.planning import CompletePlan
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.ray_cluster import init_ray, one_line, preempted
+from pipeline.run.shard_deadline import shard_deadline_s
 from pipeline.run.shard_sizing import ShardSizer
 from pipeline.store.ledger import ShardCounts, new_attempt_token
-from pipeline.store.storage import StorageError
+from pipeline.store.storage import NodeFaultError, StorageError
 from pipeline.store.tables import ShardFiles
 from pipeline.worker import ShardResult, ShardTask
 from pipeline.worker.model_spec import ModelSpec
+from pipeline.worker.tasks import ActorUnhealthyError
 from yolov4.retry import backoff_s
 
 logger = logging.getLogger(__name__)
@@ -60,12 +79,13 @@ IDLE_SLEEP_S = 0.01
 @dataclass
 class _Shard:
     """One planned shard as the dispatcher tracks it: attempts so far, when it may run again,
-    and why its last attempt failed."""
+    why its last attempt failed, and the actors (slot index, generation) it failed on."""
 
     shard_id: int
     attempts: int = 0
     ready_at: float = 0.0
     last_error: str | None = None
+    failed_on: list[tuple[int, int]] = field(default_factory=list)
 
 
 def shard_counts(result: ShardResult) -> ShardCounts:
@@ -83,7 +103,8 @@ class Dispatcher:
     fleet of actors until each is committed or out of attempts; ``progress`` and ``reporter``
     follow along; ``sizer`` learns the actor count once Ray is up. Use :meth:`run` once.
 
-    Raises :class:`~pipeline.errors.RunError` when no actor can start or one crash-loops, and
+    Raises :class:`~pipeline.errors.RunError` when no actor can start, every actor
+    crash-loops, or every live actor meets a store that refuses it, and
     :class:`~pipeline.run.lease.LeaseLostError` once the lease is lost.
     """
 
@@ -116,6 +137,7 @@ class Dispatcher:
             self.run_id,
             self._committed,
             interval_s=self.config.commit_interval_s,
+            fence=context.lease.fence,
         )
         self._marked_failed: set[int] = set()
         self._committed_before: set[int] = set()
@@ -126,9 +148,11 @@ class Dispatcher:
         """Dispatch until done; returns the ids of the shards this call committed."""
         tables = self.context.tables
         tables.create()
+        self.context.lease.fence()  # reconciling may commit what a killed driver left claimed
         self.processed.extend(tables.reconcile(self.run_id, self.ledger.storage))
         committed = tables.committed_shards(self.run_id)
         self._marked_failed = set(self.ledger.failures(self.run_id))
+        self._clear_failure_marks(committed)
         for counts in committed.values():
             self.progress.add_committed(counts, this_session=False)
         self._committed_before = set(committed)
@@ -144,6 +168,7 @@ class Dispatcher:
             self.progress.state = "starting actors"
             self.reporter.tick(force=True)
             init_ray(self.config)
+            self.config = for_cluster(self.config, ray.nodes())
             actors = actor_count(self.config, ray.cluster_resources())
             if self.sizer is not None:
                 self.sizer.actors = actors
@@ -155,6 +180,7 @@ class Dispatcher:
             self.commits.close()
             tail_started = self._tail_started or time.monotonic()  # no actor ever idled
             self.progress.tail_seconds = round(time.monotonic() - tail_started, 3)
+            self._count_commits_missed()
         except KeyboardInterrupt:
             self._commit_finished_before_stopping()
             raise
@@ -197,6 +223,35 @@ class Dispatcher:
         progress.objects_listed = plan.objects_listed
         progress.objects_listed_per_second = plan.listing_rate
 
+    # ------------------------------------------------------------------ failure marks
+    def _clear_failure_marks(self, committed) -> None:
+        """Remove the failure marks of the shards in ``committed`` (ids): a shard marked
+        failed in one session may be committed in another, by a retry, by
+        :meth:`~pipeline.store.tables.ResultTables.reconcile`, or by a commit whose reply was
+        lost. Only marks known to exist are deleted (a delete on a versioned bucket leaves a
+        delete marker behind)."""
+        for shard_id in sorted(self._marked_failed.intersection(committed)):
+            self.ledger.clear_failed(self.run_id, shard_id)
+            self._marked_failed.discard(shard_id)
+
+    def _count_commits_missed(self) -> None:
+        """After the last commit: count the shards the log holds that no commit reported (a
+        commit whose reply was lost, and whose retry found the shard in the log already), and
+        clear their failure marks. Logged, never raised: the results are committed."""
+        try:
+            committed = self.context.tables.committed_shards(self.run_id)
+        except (DeltaError, StorageError, OSError) as exc:
+            logger.warning("run %s: could not re-read the committed shards: %s", self.run_id, exc)
+            return
+        counted = self._committed_before.union(self.processed)
+        for shard_id, counts in sorted(committed.items()):
+            if shard_id not in counted:
+                logger.info("shard %d: committed by a commit whose reply was lost", shard_id)
+                self.processed.append(shard_id)
+                self.progress.add_committed(counts, this_session=True)
+                self.progress.failed_shards.pop(str(shard_id), None)
+        self._clear_failure_marks(committed)
+
     def _commit_finished_before_stopping(self) -> None:
         """On Ctrl-C, one try at committing the shards that finished (best effort: what is
         not committed runs again on resume)."""
@@ -213,6 +268,8 @@ class Dispatcher:
         while queue or any(slot.in_flight for slot in fleet.slots) or not self._plan_exhausted():
             self.context.lease.check()
             fleet.check_start_deadlines()
+            fleet.relaunch_rested()
+            self._expire_overdue(queue)
             self._take_planned(queue)
             self._refresh_listing_progress()
             self._fill(queue)
@@ -234,20 +291,22 @@ class Dispatcher:
                     fleet.on_ready(starting[ref])
                     continue
                 slot = refs[ref]
-                shard, generation = slot.in_flight.pop(ref)
-                self._settle(ref, slot, shard, generation, queue)
+                flight = slot.in_flight.pop(ref, None)
+                if flight is not None:  # else given up on meanwhile: a late result, ignored
+                    self._settle(ref, slot, flight, queue)
             self.progress.shards_in_flight = sum(len(s.in_flight) for s in fleet.slots)
             self.commits.flush()
             self.reporter.tick()
 
     def _fill(self, queue: collections.deque) -> None:
-        """Queue ready shards on ready actors, up to ``shards_per_actor`` each."""
+        """Queue ready shards on ready actors, up to ``shards_per_actor`` each; a shard goes
+        to an actor it failed on only when no other ready actor could take it."""
         now = time.time()
         for slot in self.fleet.slots:
             if not slot.ready:
                 continue
             while len(slot.in_flight) < self.config.shards_per_actor:
-                shard = _pop_ready(queue, now)
+                shard = _pop_ready(queue, now, lambda s, slot=slot: self._may_run_on(s, slot))
                 if shard is None:
                     break
                 shard.attempts += 1
@@ -255,6 +314,8 @@ class Dispatcher:
                     objects = read_shard(
                         self.ledger.storage, self.ledger.layout, self.run_id, shard.shard_id
                     )
+                except NodeFaultError as exc:  # the store refuses the driver: nothing can go on
+                    raise RunError(str(exc)) from None
                 except (StorageError, OSError) as exc:  # the store failing past its retries
                     self._retry(shard, f"reading the shard's plan: {exc}", queue)
                     continue
@@ -265,10 +326,28 @@ class Dispatcher:
                     attempt_token=new_attempt_token(shard.attempts),
                     output_root=self.ledger.layout.root,
                     objects=objects,
+                    final_attempt=shard.attempts >= self.config.max_attempts,
                 )
                 ref = slot.handle.process_shard.remote(task)
-                slot.in_flight[ref] = (shard, slot.generation)
+                deadline_s = shard_deadline_s(
+                    len(objects),
+                    configured_s=self.config.shard_deadline_s,
+                    shards_per_actor=self.config.shards_per_actor,
+                    image_timeout_s=self.config.image_timeout_s,
+                )
+                slot.in_flight[ref] = InFlight(shard, slot.generation, time.monotonic(), deadline_s)
         self._note_tail(queue)
+
+    def _may_run_on(self, shard: _Shard, slot: Slot) -> bool:
+        """Whether ``shard`` may run on ``slot``'s actor: yes unless it failed there and
+        another ready actor, where it did not fail, could take it."""
+        if (slot.index, slot.generation) not in shard.failed_on:
+            return True
+        return not any(
+            other.ready and (other.index, other.generation) not in shard.failed_on
+            for other in self.fleet.slots
+            if other is not slot
+        )
 
     def _note_tail(self, queue: collections.deque) -> None:
         """Start the straggler tail's clock when a ready actor first has nothing left to run."""
@@ -277,22 +356,112 @@ class Dispatcher:
         if any(slot.ready and not slot.in_flight for slot in self.fleet.slots):
             self._tail_started = time.monotonic()
 
-    def _settle(self, ref, slot: Slot, shard: _Shard, generation: int, queue) -> None:
-        """A shard's task finished: commit it, or retry it (replacing a dead actor)."""
+    def _settle(self, ref, slot: Slot, flight: InFlight, queue) -> None:
+        """A shard's task finished: commit it, or retry it (replacing or resting its actor
+        when the failure was the actor's)."""
+        shard, generation = flight.shard, flight.generation
+        current = generation == slot.generation
         try:
             result: ShardResult = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            if generation == slot.generation:
-                self.fleet.replace(slot, one_line(exc))
+            if current:
+                self.fleet.replace(slot, f"died ({one_line(exc)})")
             if preempted(exc):
                 shard.attempts -= 1  # a lost node is not the shard's fault
             self._retry(shard, f"actor died: {one_line(exc)}", queue)
             return
         except ray.exceptions.RayTaskError as exc:
-            self._retry(shard, one_line(getattr(exc, "cause", None) or exc), queue)
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, NodeFaultError):
+                self._on_node_fault(slot, flight, cause, queue)
+            elif isinstance(cause, ActorUnhealthyError):
+                self._retry(shard, one_line(cause), queue)
+                if current:
+                    self._replace(slot, f"unhealthy ({one_line(cause)})", queue)
+            else:
+                shard.failed_on.append((slot.index, generation))
+                if self.fleet.failed(slot, generation):
+                    self._replace_broken(slot, queue, also=shard)
+                self._retry(shard, one_line(cause), queue)
             return
         self.commits.add(ShardFiles(shard.shard_id, result.files), shard_counts(result))
-        self.fleet.worked(slot, generation)
+        for broken in self.fleet.worked(slot, generation):
+            self._replace_broken(broken, queue)
+
+    def _on_node_fault(self, slot: Slot, flight: InFlight, fault: NodeFaultError, queue) -> None:
+        """The store refused ``slot``'s actor: the shard goes back without using up an attempt,
+        and the actor rests (or, once every live actor met the fault, the run stops with its
+        sentence: :meth:`ActorFleet.node_fault`)."""
+        shard = flight.shard
+        shard.attempts -= 1
+        logger.warning(
+            "shard %d: actor %d refused by the store (%s); the shard goes to another actor",
+            shard.shard_id,
+            slot.index,
+            fault,
+        )
+        self.progress.shard_retries += 1
+        shard.ready_at = 0.0
+        queue.appendleft(shard)
+        if flight.generation == slot.generation:
+            self._take_back(slot, queue)
+            self.fleet.node_fault(slot, flight.generation, str(fault))
+
+    def _replace(self, slot: Slot, reason: str, queue) -> None:
+        """Replace ``slot``'s actor, its other shards back in the queue first."""
+        self._take_back(slot, queue)
+        self.fleet.replace(slot, reason)
+
+    def _replace_broken(self, slot: Slot, queue, also: _Shard | None = None) -> None:
+        """``slot``'s actor kept failing shards while others finished theirs: give back the
+        attempts it used up (queued shards, shards on other actors, and ``also``), then
+        replace it. A shard that failed on another actor too keeps its count: it may well be
+        the shard's fault, and it must run out of attempts some time."""
+        failed_here = (slot.index, slot.generation)
+        shards = [*queue, *(f.shard for s in self.fleet.slots for f in s.in_flight.values())]
+        if also is not None:
+            shards.append(also)
+        for shard in shards:
+            if shard.failed_on and all(key == failed_here for key in shard.failed_on):
+                shard.attempts -= len(shard.failed_on)
+                shard.failed_on = []
+        self._replace(
+            slot,
+            f"failed {slot.failures} shard attempts in a row while other actors finished "
+            "theirs (a device in a sticky error state?)",
+            queue,
+        )
+
+    def _take_back(self, slot: Slot, queue) -> None:
+        """Put the shards ``slot``'s actor still holds back at the front of the queue, without
+        using up an attempt: the driver is about to retire the actor, whatever it returns
+        later is ignored (its files stay uncommitted, tidied at the end)."""
+        for flight in slot.in_flight.values():
+            flight.shard.attempts -= 1
+            flight.shard.ready_at = 0.0
+            queue.appendleft(flight.shard)
+        slot.in_flight.clear()
+
+    def _expire_overdue(self, queue) -> None:
+        """Fail the attempts that outlived their deadline (:mod:`pipeline.run.shard_deadline`)
+        and replace their actors: a wedged actor is not given more shards."""
+        now = time.monotonic()
+        for slot in self.fleet.slots:
+            overdue = [(ref, f) for ref, f in slot.in_flight.items() if f.overdue(now)]
+            if not overdue:
+                continue
+            for ref, flight in overdue:
+                del slot.in_flight[ref]
+                self._retry(
+                    flight.shard,
+                    f"no result within {flight.deadline_s:.0f} s (--shard-deadline): the actor "
+                    "seems wedged",
+                    queue,
+                )
+            if any(flight.generation == slot.generation for _, flight in overdue):
+                self._replace(
+                    slot, f"wedged (no result within {overdue[0][1].deadline_s:.0f} s)", queue
+                )
 
     def _committed(self, shard_id: int, counts: ShardCounts) -> None:
         """A shard's files are in the logs: count it, and clear an earlier failure mark."""
@@ -301,6 +470,7 @@ class Dispatcher:
         self.progress.failed_shards.pop(str(shard_id), None)
         if shard_id in self._marked_failed:
             self.ledger.clear_failed(self.run_id, shard_id)
+            self._marked_failed.discard(shard_id)
 
     def _retry(self, shard: _Shard, reason: str, queue) -> None:
         """Requeue ``shard`` after a backoff, or mark it failed once out of attempts."""
@@ -315,6 +485,8 @@ class Dispatcher:
                 self.ledger.mark_failed(self.run_id, shard.shard_id, reason, shard.attempts)
             except (StorageError, OSError) as exc:  # the run record still counts it
                 logger.error("could not mark shard %d failed: %s", shard.shard_id, exc)
+            else:
+                self._marked_failed.add(shard.shard_id)
             return
         delay = backoff_s(shard.attempts, RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S)
         logger.warning(
@@ -329,11 +501,11 @@ class Dispatcher:
         queue.append(shard)
 
 
-def _pop_ready(queue: collections.deque, now: float) -> _Shard | None:
-    """The first queued shard whose backoff is over (the others keep their order)."""
-    for _ in range(len(queue)):
-        shard = queue.popleft()
-        if shard.ready_at <= now:
+def _pop_ready(queue: collections.deque, now: float, allowed=None) -> _Shard | None:
+    """The first queued shard whose backoff is over and that ``allowed(shard)`` (when given)
+    accepts; the others keep their order."""
+    for index, shard in enumerate(queue):
+        if shard.ready_at <= now and (allowed is None or allowed(shard)):
+            del queue[index]
             return shard
-        queue.append(shard)
     return None

@@ -39,8 +39,11 @@ ledger, lease):
    deleted, and a succeeded run's small files are compacted when that pays.
 9. **Finish** (:mod:`pipeline.run.records`): the run record and ``_status.json``
    (:mod:`pipeline.run.progress`) get the outcome; exit code
-   :data:`~pipeline.errors.EXIT_OK`, :data:`~pipeline.errors.EXIT_FAILED_SHARDS` or
-   :data:`~pipeline.errors.EXIT_INTERRUPTED` (in-flight shards stay uncommitted, resumable).
+   :data:`~pipeline.errors.EXIT_OK`, :data:`~pipeline.errors.EXIT_FAILED_SHARDS`, or on
+   Ctrl-C or SIGTERM (which the command line turns into :class:`~pipeline.errors.Terminated`)
+   :data:`~pipeline.errors.EXIT_INTERRUPTED` or :data:`~pipeline.errors.EXIT_TERMINATED`:
+   finished shards committed, in-flight ones uncommitted, the record ``interrupted``, the
+   lease released, resumable.
 """
 
 from __future__ import annotations
@@ -48,12 +51,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pipeline.errors import EXIT_FAILED_SHARDS, EXIT_INTERRUPTED, EXIT_OK, RunError
+from pipeline.errors import (
+    EXIT_FAILED_SHARDS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    RunError,
+    Terminated,
+)
 from pipeline.run.actors import expected_actor_count
 from pipeline.run.config import RunConfig
 from pipeline.run.context import RunContext
 from pipeline.run.dispatch import Dispatcher
-from pipeline.run.planning import delta_note, finish_plan, plan_run
+from pipeline.run.planning import finish_plan, plan_note, plan_run
 from pipeline.run.preflight import preflight
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.records import finish_run, open_run
@@ -74,7 +84,8 @@ class RunOutcome:
     progress: RunProgress
     #: Shards committed by this invocation (not by earlier sessions of a resumed run).
     processed_shards: list[int] = field(default_factory=list)
-    #: A few words on what an incremental run found (``None`` for a full run).
+    #: A few words on what planning found: an incremental run's delta, duplicate URIs left
+    #: out of the plan (``None`` when neither).
     note: str | None = None
 
 
@@ -83,7 +94,8 @@ def run(config: RunConfig, *, reporter_stream=None, bar: bool | None = None) -> 
 
     ``reporter_stream``: where progress is rendered (default stderr); ``bar``: a live bar
     (default: when that stream is a terminal). Raises :class:`RunError` when the run cannot
-    start or go on; a Ctrl-C returns an outcome with :data:`EXIT_INTERRUPTED`.
+    start or go on; a Ctrl-C returns an outcome with :data:`EXIT_INTERRUPTED`, a
+    :class:`~pipeline.errors.Terminated` one with :data:`EXIT_TERMINATED`.
     """
     config.validate()
     context = RunContext.open(config)
@@ -132,11 +144,15 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
         )
         processed = dispatcher.run()
         finish_plan(context, record, plan)
-    except KeyboardInterrupt:
-        message = "interrupted; resume with --resume"
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        message = f"{how}; resume with --resume"
         finish_run(context.ledger, record, progress, RUN_INTERRUPTED, message)
         reporter.close()
-        return RunOutcome(record.run_id, EXIT_INTERRUPTED, progress)
+        return RunOutcome(
+            record.run_id, EXIT_TERMINATED if terminated else EXIT_INTERRUPTED, progress
+        )
     except BaseException as exc:
         finish_run(context.ledger, record, progress, RUN_ERROR, f"{type(exc).__name__}: {exc}")
         reporter.close()
@@ -153,7 +169,7 @@ def _run_holding_lease(context: RunContext, *, reporter_stream, bar: bool | None
     )
     reporter.close()
     code = EXIT_FAILED_SHARDS if failed else EXIT_OK
-    return RunOutcome(record.run_id, code, progress, processed, note=delta_note(record))
+    return RunOutcome(record.run_id, code, progress, processed, note=plan_note(record))
 
 
 def _tidy(context: RunContext, run_id: str, *, succeeded: bool) -> None:
@@ -169,4 +185,12 @@ def _tidy(context: RunContext, run_id: str, *, succeeded: bool) -> None:
         logger.warning("run %s: could not tidy the results tables: %s", run_id, exc)
 
 
-__all__ = ["EXIT_FAILED_SHARDS", "EXIT_INTERRUPTED", "EXIT_OK", "RunError", "RunOutcome", "run"]
+__all__ = [
+    "EXIT_FAILED_SHARDS",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "RunError",
+    "RunOutcome",
+    "run",
+]

@@ -403,8 +403,7 @@ class DeltaListing(Listing):
                 size = min(size * CHUNK_GROWTH, MAX_CHUNK_OBJECTS)
             delta.finish()
             logger.info(
-                "listed and compared %s objects with %d earlier run(s) in %.1f s "
-                "(%d chunks): %s",
+                "listed and compared %s objects with %d earlier run(s) in %.1f s (%d chunks): %s",
                 f"{self.counts.objects_listed:,}",
                 len(self.earlier_runs),
                 time.perf_counter() - compared,
@@ -457,6 +456,11 @@ class DeltaListing(Listing):
     @property
     def objects_listed(self) -> int:
         return self.listing.objects_listed
+
+    @property
+    def duplicates(self) -> int:
+        """Entries the source listed again, left out before the comparison."""
+        return self.listing.duplicates
 
     @property
     def requests(self) -> int:

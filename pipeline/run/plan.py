@@ -37,13 +37,15 @@ class PlannedObject:
 @dataclass(frozen=True)
 class PlanSummary:
     """A complete plan: ``num_shards`` shards holding ``num_images`` objects, the largest
-    ``shard_size`` of them."""
+    ``shard_size`` of them; ``duplicates``: entries of the source left out because their URI
+    was listed before (0 in plans written before it was counted)."""
 
     run_id: str
     source: str
     shard_size: int
     num_shards: int
     num_images: int
+    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,16 @@ class PlanCheckpoint:
     """How far planning got: shards ``0 .. shards-1`` (``images`` objects, the largest of
     ``largest_shard``) are written; ``listing`` is the listing's checkpoint after them, and
     ``carry`` the objects listed before that point but not yet in a shard (``[uri, size,
-    etag]`` each). ``objects_listed``: objects the listing had passed (for progress);
-    ``extra``: what the planner's caller keeps with it (an incremental run's counts)."""
+    etag]`` each). ``objects_listed``: objects the listing had passed (for progress), of
+    which ``duplicates`` were left out as their URI was listed before (a resumed listing
+    counts them again as it passes them); ``extra``: what the planner's caller keeps with it
+    (an incremental run's counts)."""
 
     shards: int = 0
     images: int = 0
     largest_shard: int = 0
     objects_listed: int = 0
+    duplicates: int = 0
     listing: dict | None = None
     carry: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)

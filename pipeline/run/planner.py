@@ -17,7 +17,9 @@ and only then offers those shards to the dispatcher (:meth:`Planner.take`). So:
   dispatcher falls that far behind, the listing waits.
 
 When the listing ends, the last checkpoint covers every shard and ``plan.json`` marks the
-plan complete (:func:`~pipeline.run.plan.write_plan_summary`).
+plan complete (:func:`~pipeline.run.plan.write_plan_summary`). A manifest that lists a URI
+more than once is planned with its first listing only (:mod:`pipeline.store.listing`); the
+checkpoints and ``plan.json`` carry how many entries were left out (``duplicates``).
 """
 
 from __future__ import annotations
@@ -67,11 +69,14 @@ class Planner:
     ``start``: the checkpoint of an earlier, interrupted planning of the same run (its
     shards are offered first, its carried objects open the next shard). ``extra()`` (called
     at each checkpoint) returns what the caller keeps in the checkpoint's ``extra``.
+    ``fence()`` is called right before each plan file, checkpoint and summary is written (the
+    run's :meth:`~pipeline.run.lease.Lease.fence`): when it raises, that write does not happen
+    and planning stops with its error.
     ``on_shard(shards, images, objects_listed)`` is called on the planning thread after each
-    shard is cut. Use :meth:`start` once, then :meth:`take` / :meth:`wait` until
-    :attr:`finished`; :meth:`stop` ends it early. An error of the planning thread (the store
-    failing past its retries, a source that changed) is raised by :meth:`take` and
-    :meth:`wait`.
+    shard is cut, and once more when the listing ends. Use :meth:`start` once, then
+    :meth:`take` / :meth:`wait` until :attr:`finished`; :meth:`stop` ends it early. An
+    error of the planning thread (the store failing past its retries, a source that
+    changed) is raised by :meth:`take` and :meth:`wait`.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Planner:
         window: int = PLAN_WINDOW_SHARDS,
         extra: Callable[[], dict] | None = None,
         on_shard: Callable[[int, int, int], None] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         start = start or PlanCheckpoint()
         self.listing = listing
@@ -98,6 +104,7 @@ class Planner:
         self.window = window
         self._extra = extra or dict
         self._on_shard = on_shard
+        self._fence = fence or _unfenced
         self._cond = threading.Condition()
         self._stop = threading.Event()
         #: Shards cut (files written or being written) and the objects in them.
@@ -123,6 +130,7 @@ class Planner:
         #: Objects the listing gave the planner (the shards' and the open shard's).
         self.objects_received = start.images + len(start.carry)
         self._listed_at_start = start.objects_listed
+        self._duplicates_at_start = start.duplicates
         self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------ dispatcher side
@@ -160,6 +168,12 @@ class Planner:
         return max(self.listing.objects_listed, self._listed_at_start)
 
     @property
+    def duplicates(self) -> int:
+        """Objects of the source left out so far as their URI was listed before (a resumed
+        checkpoint's included)."""
+        return max(self.listing.duplicates, self._duplicates_at_start)
+
+    @property
     def listing_rate(self) -> float:
         """Objects listed per second by this planner (not counting a resumed checkpoint)."""
         elapsed = max(time.monotonic() - self.started_at, 1e-9)
@@ -187,20 +201,28 @@ class Planner:
                 if self._stop.is_set():
                     return
                 self.listing_done = True
+                self._report_shard()  # the totals after the last cut, trailing duplicates too
                 self._add_candidate(carry=())
                 self._wait_for(lambda: self._offered == self.shards_cut or self._error)
             self._raise_error()
             if self._stop.is_set():
                 return
             self.summary = PlanSummary(
-                self.run_id, self.source, self.largest_shard, self.shards_cut, self.images_cut
+                self.run_id,
+                self.source,
+                self.largest_shard,
+                self.shards_cut,
+                self.images_cut,
+                duplicates=self.duplicates,
             )
+            self._fence()
             write_plan_summary(self.storage, self.layout, self.summary)
             logger.info(
-                "planned %d images in %d shards of up to %d",
+                "planned %d images in %d shards of up to %d%s",
                 self.images_cut,
                 self.shards_cut,
                 self.largest_shard,
+                f" ({self.duplicates} duplicate URIs skipped)" if self.duplicates else "",
             )
             with self._cond:
                 self.finished = True
@@ -262,10 +284,18 @@ class Planner:
         self.largest_shard = max(self.largest_shard, len(objects))
         self._wait_for(lambda: self.shards_cut - self._durable <= PLAN_WRITES_IN_FLIGHT)
         uri = self.layout.plan_shard(self.run_id, shard_id)
-        future = self._pool.submit(self.storage.write_bytes, uri, shard_bytes(objects))
+        future = self._pool.submit(self._write_fenced, uri, shard_bytes(objects))
         future.add_done_callback(lambda f, shard_id=shard_id: self._written_one(shard_id, f))
+        self._report_shard()
+
+    def _report_shard(self) -> None:
         if self._on_shard:
             self._on_shard(self.shards_cut, self.images_cut, self.objects_listed)
+
+    def _write_fenced(self, uri: str, data: bytes) -> None:
+        """Write one plan file (on a writer thread), the fence first."""
+        self._fence()
+        self.storage.write_bytes(uri, data)
 
     def _wait_for_window(self) -> bool:
         """Wait while the dispatcher has :attr:`window` shards it has not taken; ``False``
@@ -286,6 +316,7 @@ class Planner:
             images=self.images_cut,
             largest_shard=self.largest_shard,
             objects_listed=self.objects_listed,
+            duplicates=self.duplicates,
             listing=self.listing.checkpoint(),
             carry=[[o.uri, o.size, o.etag] for o in carry],
             extra=self._extra(),
@@ -334,6 +365,7 @@ class Planner:
                     self._checkpoint_writer = None
                     return
             try:
+                self._fence()
                 write_checkpoint(self.storage, self.layout, self.run_id, wanted)
             except BaseException as exc:  # noqa: BLE001 - handed to the dispatcher's thread
                 with self._cond:
@@ -344,6 +376,10 @@ class Planner:
             with self._cond:
                 self._offered = max(self._offered, wanted.shards)
                 self._cond.notify_all()
+
+
+def _unfenced() -> None:
+    """The fence of a planner whose caller holds no lease (tools, benchmarks)."""
 
 
 def write_plan(

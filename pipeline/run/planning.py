@@ -5,7 +5,8 @@ Otherwise a :class:`~pipeline.run.planner.Planner` lists the source on a backgro
 and hands shards to the dispatcher as they are cut and checkpointed; a resumed run continues
 from its planning checkpoint. An incremental run plans only the objects new or changed since
 earlier runs of the same source (:mod:`pipeline.run.incremental`) and writes the deleted
-objects' tombstones. :func:`finish_plan` puts the plan's totals into the run record.
+objects' tombstones. :func:`finish_plan` puts the plan's totals into the run record (the
+duplicate URIs a manifest listed and planning left out included).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CompletePlan:
     def __init__(self, summary: PlanSummary) -> None:
         self.summary = summary
         self.objects_listed = summary.num_images
+        self.duplicates = summary.duplicates
         self.shards_cut, self.images_cut = summary.num_shards, summary.num_images
         self._taken = False
 
@@ -76,6 +78,7 @@ def plan_run(
         if summary is not None:
             progress.listing_done = True
             _plan_totals(progress, summary.num_shards, summary.num_images, summary.num_images)
+            progress.duplicates = summary.duplicates
             return CompletePlan(summary)
     checkpoint = None
     if context.config.resume:
@@ -106,6 +109,7 @@ def plan_run(
 
     def on_shard(shards: int, images: int, listed: int) -> None:
         _plan_totals(progress, shards, images, listed)
+        progress.duplicates = planner.duplicates
 
     planner = Planner(
         listing,
@@ -117,9 +121,11 @@ def plan_run(
         start=checkpoint,
         extra=extra,
         on_shard=on_shard,
+        fence=context.lease.fence,
     )
     if checkpoint is not None:
         _plan_totals(progress, checkpoint.shards, checkpoint.images, checkpoint.objects_listed)
+        progress.duplicates = checkpoint.duplicates
     progress.listing_done = False
     return planner.start()
 
@@ -146,6 +152,7 @@ def finish_plan(
         if not listing.counts.to_process:
             record.message = f"nothing new or changed to process ({listing.counts.summary()})"
     record.num_shards, record.num_images = summary.num_shards, summary.num_images
+    record.duplicates = summary.duplicates
     if summary.num_images == 0 and not record.incremental:
         logger.warning("the source %s holds no images; check the URI", context.source_uri)
         record.message = f"the source {context.source_uri} holds no images; check the URI"
@@ -153,9 +160,15 @@ def finish_plan(
     return summary
 
 
+def plan_note(record: RunRecord) -> str | None:
+    """A few words on what planning found, for the run's one-line summary: what an
+    incremental run compared, and the duplicate URIs left out (``None`` when neither)."""
+    notes = [note for note in (delta_note(record), duplicates_note(record)) if note]
+    return "; ".join(notes) or None
+
+
 def delta_note(record: RunRecord) -> str | None:
-    """A few words on what an incremental run found, for its one-line summary (``None`` for
-    a full run)."""
+    """A few words on what an incremental run found (``None`` for a full run)."""
     if not record.incremental:
         return None
     if not record.num_images:
@@ -164,6 +177,15 @@ def delta_note(record: RunRecord) -> str | None:
         f"incremental: {record.objects_new} new, {record.objects_changed} changed, "
         f"{record.objects_retried} retried, {record.objects_deleted} deleted"
     )
+
+
+def duplicates_note(record: RunRecord) -> str | None:
+    """``"N duplicate URIs in the source were skipped"`` (``None`` when there were none)."""
+    if not record.duplicates:
+        return None
+    uris = "URI" if record.duplicates == 1 else "URIs"
+    verb = "was" if record.duplicates == 1 else "were"
+    return f"{record.duplicates:,} duplicate {uris} in the source {verb} skipped"
 
 
 def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
@@ -181,7 +203,9 @@ def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
         keep = list(pool.map(same_source, ids))
     earlier = [rid for rid, ok in zip(ids, keep, strict=True) if ok]
     logger.info(
-        "%d earlier run(s) of %s found in %.1f s", len(earlier), source_uri,
+        "%d earlier run(s) of %s found in %.1f s",
+        len(earlier),
+        source_uri,
         time.perf_counter() - started,
     )
     return earlier

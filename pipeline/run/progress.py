@@ -34,7 +34,8 @@ class RunProgress:
 
     While the listing goes on, ``images_total`` and ``shards_total`` are what is planned so
     far and ``listing_done`` is false; ``objects_listed`` counts the source's objects listed
-    (an incremental run plans only some of them).
+    (an incremental run plans only some of them), ``duplicates`` those left out as their URI
+    was listed before.
     """
 
     run_id: str
@@ -43,6 +44,7 @@ class RunProgress:
     shards_total: int = 0
     objects_listed: int = 0
     objects_listed_per_second: float = 0.0
+    duplicates: int = 0
     listing_done: bool = False
     images_done: int = 0
     images_ok: int = 0
@@ -170,7 +172,11 @@ def format_progress(p: RunProgress) -> str:
     listing = ""
     more = ""
     if not p.listing_done:
-        listing = f"listing {p.objects_listed:,} objects {p.objects_listed_per_second:,.0f}/s | "
+        repeated = f" ({p.duplicates:,} duplicate URIs skipped)" if p.duplicates else ""
+        listing = (
+            f"listing {p.objects_listed:,} objects {p.objects_listed_per_second:,.0f}/s"
+            f"{repeated} | "
+        )
         more = "+"
     return (
         f"{listing}{p.state}: {p.images_done:,}/{p.images_total:,}{more} images "

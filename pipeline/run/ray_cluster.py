@@ -8,6 +8,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
+from collections.abc import Iterator
 
 import ray
 import ray.exceptions
@@ -38,6 +41,11 @@ def init_ray(config: RunConfig) -> None:
     """
     if ray.is_initialized():
         return
+    with _keeping_sigterm_handler():
+        _init(config)
+
+
+def _init(config: RunConfig) -> None:
     address = config.ray_address or os.environ.get(RAY_ADDRESS_ENV)
     common = dict(logging_level=logging.WARNING, log_to_driver=True)
     if address:
@@ -57,8 +65,27 @@ def init_ray(config: RunConfig) -> None:
     ray.init(include_dashboard=False, **common)
 
 
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the process's SIGTERM handler with one that exits at once; a
+    handler the caller installed (the command line's, which stops a run as Ctrl-C does:
+    :mod:`pipeline.cli.signals`) is put back. A process without a handler of its own keeps
+    Ray's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
 def kill_actor(handle) -> None:
-    """Stop the actor of ``handle`` for good; an actor already gone is no error."""
+    """Stop the actor of ``handle`` for good; an actor already gone (or none) is no error."""
+    if handle is None:
+        return
     with contextlib.suppress(ray.exceptions.RayError):
         ray.kill(handle, no_restart=True)
 

@@ -142,6 +142,28 @@ def class_list(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: Units a size may be written in (binary, as memory is counted): ``512MiB``, ``8Gi``.
+BYTE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?b?|b?)\s*$", re.IGNORECASE)
+
+
+def byte_size(value: Any) -> int:
+    """Bytes: an integer, or a number with a binary unit (``512MiB``, ``8GiB``, ``8Gi``)."""
+    accepted = "a size in bytes, or with a unit: 512MiB, 8GiB, 1TiB (binary units)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise InvalidValueError(accepted)
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidValueError(accepted)
+    number, unit = match.groups()
+    size = int(float(number) * BYTE_UNITS[(unit or "").lower()])
+    if size < 1:
+        raise InvalidValueError(accepted)
+    return size
+
+
 def http_url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
         raise InvalidValueError(
@@ -250,7 +272,8 @@ SETTINGS: tuple[Setting, ...] = (
             "GPUs per actor (0 = CPU; 0.5 shares a GPU)", GROUP_RESOURCES, section=RESOURCES,
             cli_type=float),
     Setting("cpus_per_actor", "cpus_per_actor", number(0.0, above=True),
-            "CPUs per actor (default: 1)", GROUP_RESOURCES, section=RESOURCES, cli_type=float),
+            "CPUs per actor (default: 1 for a CPU actor; a GPU actor 4 per GPU, at most what "
+            "the GPU nodes have per GPU)", GROUP_RESOURCES, section=RESOURCES, cli_type=float),
     Setting("batch_size", "batch_size", integer(1), "images per batch", GROUP_RESOURCES,
             section=RESOURCES, cli_type=int, actor_field="batch_size"),
     Setting("shard_size", "shard_size", integer(1),
@@ -275,6 +298,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_attempts", "max_attempts", integer(1),
             "attempts per shard before it is marked failed", GROUP_RESOURCES, section=None,
             cli_type=int),
+    Setting("shard_deadline_s", "shard_deadline_s", number(0.0, above=True),
+            "longest a shard attempt may run on its actor before the actor is taken for "
+            "wedged: the attempt fails and is retried, the actor is replaced (default: "
+            "automatic, 600 s + one --image-timeout + 5 s per image of the shard and of those "
+            "queued before it)", GROUP_RESOURCES, section=RESOURCES, cli_type=float,
+            flag="--shard-deadline", metavar="SECONDS"),
     Setting("shards_per_actor", "shards_per_actor", integer(1),
             "shards queued on each actor (one running, the next loading)", GROUP_RESOURCES,
             section=None, cli_type=int),
@@ -289,6 +318,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_image_pixels", "max_image_pixels", integer(1),
             "larger images become error rows", GROUP_RESOURCES, section=None, cli_type=int,
             actor_field="max_image_pixels"),
+    Setting("image_timeout_s", "image_timeout_s", number(0.0, above=True),
+            "longest an image's read and decode may take (a hung mount, a stalled response): "
+            "the shard attempt fails and is retried; on its last attempt the image becomes an "
+            "error row", GROUP_RESOURCES, section=None, cli_type=float, flag="--image-timeout",
+            metavar="SECONDS", actor_field="image_timeout_s"),
+    Setting("actor_memory", "actor_memory", byte_size,
+            "memory each actor asks Ray for (e.g. 8GiB), so Ray places actors where they fit; "
+            "its budget for decoded images is derived from it (default: an equal share of a "
+            "node's memory among the actors the node takes, at most 32GiB)", GROUP_RESOURCES,
+            section=RESOURCES, metavar="SIZE"),
+    Setting("image_memory", "image_memory", byte_size,
+            "memory each actor's decoded images and batch rows may hold (e.g. 2GiB): decodes "
+            "wait beyond it (default: half of the actor's memory left once its model is "
+            "loaded, at least 256MiB)", GROUP_RESOURCES, section=RESOURCES, metavar="SIZE",
+            actor_field="image_memory"),
     # object storage
     Setting("endpoint_url", "s3.endpoint_url", http_url,
             "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)",

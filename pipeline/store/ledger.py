@@ -94,6 +94,10 @@ class RunRecord:
     detections: int = 0
     images_per_second: float | None = None
     message: str | None = None
+    #: Entries of the source left out of the plan because their URI was listed before (a
+    #: manifest listing a URI twice; the first entry is the one planned). 0 in records of
+    #: runs before it was counted.
+    duplicates: int = 0
     #: Incremental runs only (``--incremental``): the listing compared with earlier runs of the
     #: same source (see :mod:`pipeline.run.incremental`); ``None`` for a full run.
     incremental: bool = False

@@ -11,6 +11,13 @@
   which for a folder walk or a streamed manifest is cheap next to listing a bucket) and checks
   the URI, so a source that changed meanwhile stops the run instead of shifting the plan.
 
+A manifest may list a URI more than once (an S3 Inventory of a versioned bucket lists each key
+once per version): its pass yields the first listing of each URI only and counts the others
+(:attr:`Listing.duplicates`), remembering the URIs seen in :class:`~pipeline.store.seen_uris.
+SeenUris` (about 16 bytes each). A resumed pass adds the objects it skips to that set, so the
+URIs listed before the checkpoint still count as seen, and the count is the whole pass's.
+S3 prefixes and folders list each object once by construction and pay nothing for it.
+
 A checkpoint is a JSON-able dict (``{"kind": ..., ...}``), valid between two objects: it
 describes the pass as of the last object the consumer received.
 """
@@ -22,8 +29,11 @@ import itertools
 import logging
 from collections.abc import Iterator
 
+import numpy as np
+
 from pipeline.store.s3 import S3Options
 from pipeline.store.s3_listing import DEFAULT_LISTERS, S3Listing
+from pipeline.store.seen_uris import SeenUris
 from pipeline.store.sources import S3PrefixSource, Source, SourceObject
 
 logger = logging.getLogger(__name__)
@@ -31,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: Checkpoint kinds.
 POSITION_KIND = "position"
 S3_RANGES_KIND = "s3-ranges"
+#: Objects of a source that may repeat URIs looked up in the URIs seen at a time.
+DEDUP_BATCH = 1024
 
 
 class SourceChangedError(ValueError):
@@ -43,10 +55,12 @@ class Listing(abc.ABC):
     :meth:`checkpoint` may be called between any two objects when :attr:`resumable_anywhere`;
     otherwise only when the pass calls :attr:`on_boundary` (set by the consumer), which it
     does between two objects where a checkpoint is valid. :attr:`objects_seen` counts the
-    objects the pass has yielded (those before a resumed checkpoint included).
+    objects the pass has passed (those before a resumed checkpoint included);
+    :attr:`duplicates` those of them it did not yield, as their URI was listed before.
     """
 
     objects_seen: int = 0
+    duplicates: int = 0
     resumable_anywhere: bool = True
     on_boundary = None
 
@@ -79,13 +93,18 @@ class Listing(abc.ABC):
 
 
 class PositionListing(Listing):
-    """A source in its own deterministic order; the checkpoint is a position and a URI."""
+    """A source in its own deterministic order; the checkpoint is a position and a URI.
+
+    A source that may list a URI twice (:attr:`~pipeline.store.sources.Source.may_repeat`)
+    yields each URI's first listing only; the position counts every object passed.
+    """
 
     def __init__(self, source: Source, resume: dict | None = None) -> None:
         self.source = source
         self._skip = 0
         self._expected_last: str | None = None
         self._last: str | None = None
+        self._seen = SeenUris() if source.may_repeat else None
         if resume is not None:
             _check_kind(resume, POSITION_KIND, source)
             self._skip = int(resume["position"])
@@ -95,20 +114,61 @@ class PositionListing(Listing):
     def __iter__(self) -> Iterator[SourceObject]:
         objects = self.source.iter_objects()
         if self._skip:
-            skipped = list(itertools.islice(objects, self._skip - 1, self._skip))
-            if not skipped or skipped[0].uri != self._expected_last:
-                found = skipped[0].uri if skipped else "the end of the source"
-                raise SourceChangedError(
-                    f"{self.source.uri} changed since this run was planned: object "
-                    f"{self._skip:,} was {self._expected_last}, now {found}; start a new run "
-                    "(without --resume) to plan the source as it is now"
-                )
+            self._skip_to_checkpoint(objects)
             logger.info("listing resumed after %d objects of %s", self._skip, self.source.uri)
         self.objects_seen = self._skip
-        for obj in objects:
-            self.objects_seen += 1
-            self._last = obj.uri
-            yield obj
+        if self._seen is None:
+            for obj in objects:
+                self.objects_seen += 1
+                self._last = obj.uri
+                yield obj
+            return
+        for batch, new in self._first_listings(objects):
+            for obj, is_new in zip(batch, new, strict=True):
+                self.objects_seen += 1
+                self._last = obj.uri
+                if is_new:
+                    yield obj
+                else:
+                    self.duplicates += 1
+        if self.duplicates:
+            logger.info(
+                "%d duplicate URIs in %s skipped (the first listing of each is planned)",
+                self.duplicates,
+                self.source.uri,
+            )
+
+    def _skip_to_checkpoint(self, objects: Iterator[SourceObject]) -> None:
+        """Pass the objects before the checkpoint (adding them to the URIs seen and counting
+        their duplicates, when the source may repeat) and check that the last is the
+        checkpoint's; raise :class:`SourceChangedError` if not."""
+        last = None
+        if self._seen is None:
+            last = next(itertools.islice(objects, self._skip - 1, None), None)
+        else:
+            passed = 0
+            for batch, new in self._first_listings(itertools.islice(objects, self._skip)):
+                passed += len(batch)
+                self.duplicates += len(new) - int(new.sum())
+                last = batch[-1]
+            if passed < self._skip:
+                last = None
+        if last is not None and last.uri == self._expected_last:
+            return
+        found = last.uri if last is not None else "the end of the source"
+        raise SourceChangedError(
+            f"{self.source.uri} changed since this run was planned: object "
+            f"{self._skip:,} was {self._expected_last}, now {found}; start a new run "
+            "(without --resume) to plan the source as it is now"
+        )
+
+    def _first_listings(
+        self, objects: Iterator[SourceObject]
+    ) -> Iterator[tuple[list[SourceObject], np.ndarray]]:
+        """``(objects, new)`` batches of :data:`DEDUP_BATCH` objects: ``new[i]`` is whether
+        ``objects[i]``'s URI is listed for the first time (added to the URIs seen)."""
+        while batch := list(itertools.islice(objects, DEDUP_BATCH)):
+            yield batch, self._seen.add([obj.uri for obj in batch])
 
     def checkpoint(self) -> dict:
         return {

@@ -22,7 +22,9 @@ bounded memory whatever the size of the bucket or manifest:
 
   Relative entries resolve against the manifest's own folder (or S3 prefix), ``.`` and ``..``
   segments included, as relative URLs do (never above the bucket, or ``/``). Absolute
-  ``s3://`` entries are kept byte for byte: in a key, ``..`` is just characters.
+  ``s3://`` entries are kept byte for byte: in a key, ``..`` is just characters. A URI listed
+  more than once is planned once, from its first entry (the others are counted in the run
+  record's ``duplicates``).
 
 Every kind applies the extension filter (``IMAGE_EXTENSIONS``, case-insensitive) unless
 ``extensions=None``.
@@ -112,9 +114,14 @@ class SourceObject:
 
 
 class Source(abc.ABC):
-    """Where a run's images come from; iterate with :meth:`iter_objects`."""
+    """Where a run's images come from; iterate with :meth:`iter_objects`.
+
+    ``may_repeat``: whether the source can list one URI more than once (a manifest can; the
+    planner then keeps the first listing of each, :mod:`pipeline.store.listing`).
+    """
 
     kind: ClassVar[str]
+    may_repeat: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -168,6 +175,9 @@ class S3PrefixSource(Source):
     """Every object under an S3 prefix, in listing (UTF-8 binary key) order."""
 
     kind = "s3"
+    #: A listing names each key once (versions are not listed), and concurrent listers
+    #: cover disjoint key ranges: no URI repeats, so no duplicate check is paid for.
+    may_repeat = False
 
     @property
     def list_prefix(self) -> str:
@@ -187,6 +197,9 @@ class LocalFolderSource(Source):
     """Every file below a local folder, recursively, sorted by name at each level."""
 
     kind = "local"
+    #: A walk that does not follow directory symlinks reaches each path once: no URI
+    #: repeats, so no duplicate check is paid for.
+    may_repeat = False
 
     def iter_objects(self) -> Iterator[SourceObject]:
         if not os.path.isdir(self.uri):
@@ -218,9 +231,15 @@ def _check_utf8_path(path: str) -> None:
 
 
 class ManifestSource(Source):
-    """The URIs listed in a text, CSV or Parquet manifest, local or on S3, in file order."""
+    """The URIs listed in a text, CSV or Parquet manifest, local or on S3, in file order.
+
+    A manifest may list a URI more than once (an S3 Inventory of a versioned bucket lists
+    each key once per version): :meth:`iter_objects` yields every entry, and the planner's
+    pass keeps the first of each URI (:class:`~pipeline.store.listing.PositionListing`).
+    """
 
     kind = "manifest"
+    may_repeat = True
 
     def __init__(
         self, uri: str, fmt: str | None = None, s3_options: S3Options | None = None, **kwargs

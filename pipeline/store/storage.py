@@ -4,6 +4,14 @@ Used for reading images and manifests, and for everything a run writes under its
 (Parquet files, plans, run records, status). Writes are atomic for readers: S3 PUTs are
 atomic by nature; local writes go to a temporary file in the same folder, then ``os.replace``.
 
+Compare-and-swap, for objects several processes contend for (the output's lease):
+:meth:`~LocalStorage.read_versioned` returns an object's bytes with its version tag, and
+:meth:`~LocalStorage.write_if_version` / :meth:`~LocalStorage.delete_if_version` act only if
+the object still carries that tag (``None``: only if there is no object). On S3 these are
+``If-Match`` / ``If-None-Match`` requests and the tag is the ETag; locally the tag is a hash
+of the content, and the compare and the replace happen under an exclusive ``flock`` of a
+sibling lock file (``.NAME.lock``), which every such call takes.
+
 :func:`storage_for` picks the implementation from the URI. Errors are translated to
 ``FileNotFoundError`` (missing object or file), :class:`PreconditionFailedError` (a conditional
 write lost) and :class:`StorageError` (anything else, with the likely cause).
@@ -12,9 +20,12 @@ write lost) and :class:`StorageError` (anything else, with the likely cause).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -27,9 +38,13 @@ import urllib3.exceptions
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     FlexibleChecksumError,
     HTTPClientError,
     IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    TokenRetrievalError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -71,6 +86,38 @@ _TRANSIENT_CODES = {
     "PriorRequestNotComplete",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+#: Error codes with which a store refuses the caller itself, whatever the object: the cause and
+#: fix of each, for the one sentence a run stops with (:class:`NodeFaultError`).
+_NODE_FAULT_CODES = {
+    "ExpiredToken": "the credentials have expired",
+    "ExpiredTokenException": "the credentials have expired",
+    "TokenRefreshRequired": "the credentials have expired",
+    "InvalidToken": "the session token is not valid",
+    "InvalidAccessKeyId": "access denied: the store does not know this access key id",
+    "SignatureDoesNotMatch": "access denied: the secret key does not match the access key id",
+    "RequestTimeTooSkewed": "this machine's clock is too far from the store's",
+    "RequestExpired": "this machine's clock is too far from the store's",
+}
+#: What to do about each cause above.
+_NODE_FAULT_FIXES = {
+    "the credentials have expired": "refresh them (a new session token or role credentials) "
+    "on every node, then resume the run (--resume)",
+    "the session token is not valid": "check AWS_SESSION_TOKEN or the profile on every node, "
+    "then resume the run (--resume)",
+    "access denied: the store does not know this access key id": "check the credentials "
+    "(AWS_ACCESS_KEY_ID or the profile) on every node, then resume the run (--resume)",
+    "access denied: the secret key does not match the access key id": "check the credentials "
+    "(AWS_SECRET_ACCESS_KEY or the profile) on every node, then resume the run (--resume)",
+    "this machine's clock is too far from the store's": "synchronise the clock (NTP/chrony) on "
+    "every node, then resume the run (--resume)",
+}
+#: botocore's errors for credentials it could not find or load on this machine.
+_CREDENTIAL_ERRORS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+)
 _PRECONDITION_CODES = {"PreconditionFailedError", "412", "ConditionalRequestConflict"}
 
 
@@ -95,6 +142,14 @@ class NodeFaultError(StorageError):
 
 
 @dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and the version tag they had when read (see the module docstring)."""
+
+    data: bytes
+    version: str
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """An object or file: its URI, size in bytes and version tag (S3 ETag, or size-mtime)."""
 
@@ -107,11 +162,16 @@ class LocalStorage:
     """Files under local folders, addressed by absolute paths."""
 
     def read_bytes(self, uri: str, *, max_bytes: int | None = None) -> bytes:
+        """The file's bytes. Anything but a regular file (a FIFO, socket or device, where a
+        read may block forever) raises :class:`StorageError` without being opened."""
         path = Path(uri)
-        if max_bytes is not None:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise ObjectTooLargeError(uri, size, max_bytes)
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "is a directory", uri)
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{uri}: not a regular file (a FIFO, socket or device)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ObjectTooLargeError(uri, st.st_size, max_bytes)
         return path.read_bytes()
 
     def info(self, uri: str) -> ObjectInfo:
@@ -154,6 +214,34 @@ class LocalStorage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uri)
 
+    def read_versioned(self, uri: str) -> Versioned:
+        """The file's bytes and version tag (a hash of them), for :meth:`write_if_version`."""
+        data = self.read_bytes(uri)
+        return Versioned(data, content_version(data))
+
+    def write_if_version(self, uri: str, data: bytes, version: str | None) -> str:
+        """Write ``data`` only if the file's version is ``version`` (``None``: only if there is
+        no file); returns the new version. Raises :class:`PreconditionFailedError` otherwise."""
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path):
+            if version is None:
+                self.write_bytes(uri, data, if_absent=True)
+            else:
+                _require_version(path, version)
+                self.write_bytes(uri, data)
+        return content_version(data)
+
+    def delete_if_version(self, uri: str, version: str) -> None:
+        """Delete the file only if its version is ``version``; raises
+        :class:`PreconditionFailedError` when it changed or is gone."""
+        path = Path(uri)
+        if not path.parent.is_dir():
+            raise PreconditionFailedError(f"{uri} is gone; it was not deleted")
+        with _exclusive(path):
+            _require_version(path, version)
+            os.unlink(path)
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Files under the folder ``prefix``, depth first, each folder's entries sorted by name."""
         yield from _walk_sorted(prefix)
@@ -169,6 +257,41 @@ class LocalStorage:
 def local_etag(st: os.stat_result) -> str:
     """A local file's version tag: size and modification time in ns."""
     return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+#: Prefix and suffix of the sibling lock file of a local compare-and-swap (``.NAME.lock``).
+LOCK_PREFIX = "."
+LOCK_SUFFIX = ".lock"
+
+
+def content_version(data: bytes) -> str:
+    """The version tag of a local file's content for compare-and-swap: its SHA-256. Unlike
+    :func:`local_etag` it cannot repeat for a different content written within the file
+    system's timestamp granularity."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive ``flock`` of ``path``'s sibling lock file (created if missing; left
+    in place, as removing a lock file races with its next taker)."""
+    lock = path.with_name(f"{LOCK_PREFIX}{path.name}{LOCK_SUFFIX}")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _require_version(path: Path, version: str) -> None:
+    """Raise :class:`PreconditionFailedError` unless ``path`` exists with ``version``."""
+    try:
+        current = content_version(path.read_bytes())
+    except FileNotFoundError:
+        raise PreconditionFailedError(f"{path} is gone (expected version {version})") from None
+    if current != version:
+        raise PreconditionFailedError(f"{path} changed (expected version {version})")
 
 
 def _walk_sorted(folder: str) -> Iterator[ObjectInfo]:
@@ -294,6 +417,51 @@ class S3Storage:
             uri, "delete", lambda: self.client.delete_object(Bucket=loc.bucket, Key=loc.key)
         )
 
+    def read_versioned(self, uri: str) -> Versioned:
+        """The object's bytes and ETag, from one GET (retried as :meth:`read_bytes` is)."""
+        loc = parse_s3(uri)
+
+        def read() -> Versioned:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+            body = response["Body"]
+            try:
+                return Versioned(body.read(), response["ETag"].strip('"'))
+            finally:
+                body.close()
+
+        return self._retrying(uri, "read", read)
+
+    def write_if_version(self, uri: str, data: bytes, version: str | None) -> str:
+        """PUT ``data`` only if the object's ETag is ``version`` (``If-Match``; ``None``: only
+        if there is no object, ``If-None-Match: *``); returns the new ETag. Raises
+        :class:`PreconditionFailedError` otherwise (a 412, or the 404 some stores answer an
+        ``If-Match`` on a missing key). Not retried here beyond botocore: a retry after a
+        lost reply meets our own write and fails; the caller tells that case by reading."""
+        loc = parse_s3(uri)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": f'"{version}"'}
+        try:
+            with _translated(uri):
+                response = self.client.put_object(
+                    Bucket=loc.bucket, Key=loc.key, Body=data, **condition
+                )
+        except (PreconditionFailedError, FileNotFoundError):
+            expected = "no object" if version is None else f"version {version}"
+            raise PreconditionFailedError(f"{uri} is not at {expected}; not written") from None
+        return response["ETag"].strip('"')
+
+    def delete_if_version(self, uri: str, version: str) -> None:
+        """DELETE the object only if its ETag is ``version`` (``If-Match``, as AWS S3 and
+        SeaweedFS honour it); raises :class:`PreconditionFailedError` when it changed or is
+        gone. A store that ignores the header deletes unconditionally."""
+        loc = parse_s3(uri)
+        try:
+            with _translated(uri):
+                self.client.delete_object(Bucket=loc.bucket, Key=loc.key, IfMatch=f'"{version}"')
+        except (PreconditionFailedError, FileNotFoundError):
+            raise PreconditionFailedError(
+                f"{uri} is not at version {version}; not deleted"
+            ) from None
+
     def list_folders(self, prefix: str) -> list[str]:
         """Names of the "folders" (common prefixes) directly under ``prefix/``, sorted."""
         loc = parse_s3(prefix.rstrip("/") + "/")
@@ -387,7 +555,12 @@ def _translated(uri: str):
             raise FileNotFoundError(2, "not found", uri) from None
         if code in _PRECONDITION_CODES or status == 412:
             raise PreconditionFailedError(f"{uri} already exists") from None
-        if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        if code in _NODE_FAULT_CODES:
+            cause = _NODE_FAULT_CODES[code]
+            raise NodeFaultError(
+                f"{cause} ({code}, reading or writing {uri}); {_NODE_FAULT_FIXES[cause]}"
+            ) from None
+        if code in {"AccessDenied", "403"}:
             raise StorageError(
                 f"access denied to {uri} ({code}); check the credentials and the bucket policy"
             ) from None
@@ -397,6 +570,12 @@ def _translated(uri: str):
                 "or failing, after botocore's retries (more: --s3-max-attempts); try again later"
             ) from None
         raise StorageError(f"{uri}: {code or status}: {error.get('Message', exc)}") from None
+    except _CREDENTIAL_ERRORS as exc:
+        raise NodeFaultError(
+            f"no usable credentials on this machine ({type(exc).__name__}: {exc}); set them "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role) on "
+            "every node, then resume the run (--resume)"
+        ) from None
     except (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
         if is_transient(exc):
             raise TransientStorageError(

@@ -13,6 +13,9 @@
   :mod:`~pipeline.worker.decode_modes`, :func:`resolve_decode_mode`).
 - :mod:`~pipeline.worker.loading`: the fetch and decode thread pools and a shard's lookahead
   window, over :class:`~pipeline.worker.loaded_image.LoadedImage`.
+- :mod:`~pipeline.worker.memory_budget`: the bytes an actor's decoded images may hold, granted
+  in the order the model takes them; :mod:`~pipeline.worker.actor_memory`: how large that
+  budget is; :mod:`~pipeline.worker.decode_memory`: what one decode takes, from the header.
 - :mod:`~pipeline.worker.device_batches`: staging batches on the device and running the model;
   :mod:`~pipeline.worker.model_turns`: the turns of concurrent shards on the model.
 - :mod:`~pipeline.worker.shard_output`: a shard's rows as they become known and its Parquet

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from pipeline.worker.decode_memory import decode_peak_bytes
 from pipeline.worker.decode_modes import DECODE_AUTO, DECODE_CPU, DECODE_DRAFT, DECODE_GPU
 from pipeline.worker.loaded_image import LoadedImage
 from pipeline.worker.reasons import shorten, too_large
@@ -77,6 +78,15 @@ class ImageDecoder:
         ):
             loaded.jpeg, loaded.data = encoded(data), None
 
+    def reserve_bytes(self, data: bytes) -> int:
+        """Bytes the host decode of ``data`` takes at its peak, from its header alone
+        (:func:`~pipeline.worker.decode_memory.decode_peak_bytes`): what the decode asks of
+        the actor's memory budget before it starts."""
+        if len(data) > self.max_image_bytes:
+            return 0  # refused before decoding
+        draft = self.draft_min_size if self.mode == DECODE_DRAFT else None
+        return decode_peak_bytes(data, max_pixels=self.max_image_pixels, draft_min_size=draft)
+
     def decode(self, loaded: LoadedImage, cancel: threading.Event) -> None:
         """On a decode thread: ``loaded.data`` into ``loaded.image`` (or ``loaded.error``),
         timed in ``loaded.decode_s``; ``data`` is dropped either way."""
@@ -105,6 +115,10 @@ class ImageDecoder:
         except ImageDecodeError as exc:
             loaded.error = str(exc)
             return
+        except MemoryError:
+            # The actor's memory ran short, not a property of the image: the shard attempt
+            # fails and is retried, never a permanent error row.
+            raise
         except Exception as exc:  # a decoder bug must cost one image, not the shard
             loaded.error = f"decode: {type(exc).__name__}: {shorten(str(exc))}"
             return

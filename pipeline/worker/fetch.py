@@ -1,7 +1,9 @@
 """Reading one object's bytes, with bounded per-image retries and error rows that say why.
 
 A permanent failure (missing, over the byte limit, unreadable) becomes the image's ``error``;
-a transient one (throttling, 5xx, timeout, dropped connection) is retried up to
+a refusal of this process itself (expired or wrong credentials, clock skew:
+:class:`~pipeline.store.storage.NodeFaultError`) fails the shard attempt at once; a
+transient one (throttling, 5xx, timeout, dropped connection) is retried up to
 :data:`FETCH_ATTEMPTS` times and, if it persists, raises :class:`TransientStorageError` so that
 the whole shard attempt fails and the driver retries it: never an ``error`` row, which would be
 final, since a resume skips committed shards.
@@ -15,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pipeline.store.storage import (
+    NodeFaultError,
     ObjectTooLargeError,
     Storage,
     TransientStorageError,
@@ -69,8 +72,10 @@ class Fetcher:
                 info = storage.info(uri)
                 loaded.etag, loaded.size = info.etag, info.size
             data = self.read(storage, uri, limit, cancel)
-        except TransientStorageError:
-            raise  # fails the shard attempt: the driver retries it, or a resume does
+        except (TransientStorageError, NodeFaultError):
+            # Not the image's fault: fails the shard attempt, which the driver retries (on
+            # another actor for a node fault), or a resume does.
+            raise
         except (FileNotFoundError, NotADirectoryError):
             loaded.error = ERROR_NOT_FOUND
             loaded.size, loaded.etag = size, getattr(obj, "etag", None)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pipeline.worker.memory_budget import Hold
 
 
 @dataclass
@@ -17,6 +21,9 @@ class LoadedImage:
     CUDA), ``jpeg`` (a JPEG's bytes as an ``[N]`` uint8 tensor, left for the GPU to decode with
     its batch) and ``error`` is set. ``display_size``: ``(width, height)`` of the full image
     when ``image`` was decoded at a reduced scale (draft decoding), else ``None``.
+
+    ``hold``: the bytes of the actor's memory budget its decoded pixels hold
+    (:class:`~pipeline.worker.memory_budget.Hold`; ``None`` when not decoded on the host).
 
     ``row``: the object's position in the shard's plan. ``size`` / ``etag``: of the object, as
     listed or as read. ``nbytes``: bytes read. ``fetch_s`` / ``decode_s``: seconds spent on it
@@ -34,6 +41,7 @@ class LoadedImage:
     nbytes: int = 0
     fetch_s: float = 0.0
     decode_s: float = 0.0
+    hold: Hold | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from pipeline import faults
 from pipeline.store.s3 import S3Options
 from pipeline.worker.model_spec import ModelSpec
 from pipeline.worker.shard_processor import ShardProcessor
@@ -37,6 +38,7 @@ class DetectorActor:
         config: ActorConfig,
         s3_options: S3Options | None = None,
     ) -> None:
+        faults.on_actor_start()
         self._processor = ShardProcessor(spec, weights, config, s3_options)
 
     def ready(self) -> dict[str, Any]:
@@ -50,6 +52,7 @@ class DetectorActor:
             "weights_sha256": processor.spec.weights_sha256,
             "cpus": processor.cpus,
             "torch_threads": processor.torch_threads,
+            "image_memory": processor.memory_budget.capacity,
         }
 
     def process_shard(self, task: ShardTask) -> ShardResult:

@@ -21,8 +21,15 @@ actor takes as many concurrent calls as the driver keeps shards queued on it). T
 one shard at a time, in arrival order (:class:`~pipeline.worker.model_turns.ModelTurns`); a
 later shard fetches and decodes its first ``lookahead`` images while the one before it
 finishes, and the model moves on to it while the earlier one writes its Parquet files. So
-neither the ramp-up of a shard's input nor its output write leaves the model idle, and memory
-stays bounded by one window (and at most two staged batches) per queued shard.
+neither the ramp-up of a shard's input nor its output write leaves the model idle.
+
+Memory is bounded in bytes: the images an actor holds decoded, and the batch rows it holds in
+host memory, stay within its memory budget (:mod:`~pipeline.worker.memory_budget`, sized by
+``image_memory`` or from the actor's memory, :mod:`~pipeline.worker.actor_memory`), whatever
+the photos' size, the batch size or the look-ahead. Each decode waits for its bytes, in the
+order the model will take the images; each image is resized into its network row as soon as
+its shard takes it, so a batch never holds full-size photos; the shard on the model keeps half
+the budget for itself, so shards prefetching behind it can never starve it.
 
 Per-image failures (missing object, over the byte limit, unreadable, undecodable) become
 ``images`` rows with status ``error``. A transient read failure (throttling, 5xx, timeout,
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future
 
@@ -50,11 +58,17 @@ from pipeline import faults
 from pipeline.store.s3 import S3Options
 from pipeline.store.schema import STATUS_ERROR
 from pipeline.store.uris import is_s3
+from pipeline.worker.actor_memory import (
+    actor_memory_bytes,
+    derived_image_memory,
+    process_rss_bytes,
+)
 from pipeline.worker.decode import ImageDecoder, resolve_decode_mode
-from pipeline.worker.device_batches import DeviceBatches
+from pipeline.worker.device_batches import BatchEntry, DeviceBatches
 from pipeline.worker.fetch import Fetcher
 from pipeline.worker.loaded_image import LoadedImage
 from pipeline.worker.loading import ImageLoader, LoadWindow
+from pipeline.worker.memory_budget import MemoryBudget
 from pipeline.worker.model_spec import ModelSpec
 from pipeline.worker.model_turns import ModelTurns
 from pipeline.worker.resources import available_cpus, torch_threads_for
@@ -111,19 +125,23 @@ class ShardProcessor:
         )
         storages = ActorStorages(s3_options, max_pool_connections=config.fetch_threads + 1)
         decode_threads = config.decode_threads or self.cpus
+        self._batches = DeviceBatches(self.detector, decoder)
         self._loader = ImageLoader(
             Fetcher(storages, config.max_image_bytes),
             decoder,
             fetch_threads=config.fetch_threads,
             decode_threads=decode_threads,
+            row_bytes=self._batches.row_bytes,
         )
-        self._batches = DeviceBatches(self.detector, decoder)
         self._writer = ShardWriter(storages, class_name_array(self.detector.class_names))
         self._turns = ModelTurns()
+        #: The bytes this actor's decoded images and host-side batch rows may hold.
+        self.memory_budget = MemoryBudget(config.image_memory or self._derived_image_memory())
+        self._arrival = threading.Lock()  # shards take model turns and budget accounts in one order
         self._closed = False
         logger.info(
             "loaded %s on %s in %.1fs (torch threads %d, fetch threads %d, decode threads %d, "
-            "decoding: %s)",
+            "decoding: %s, memory for images %.0f MiB)",
             spec.name,
             self.detector.device,
             time.perf_counter() - started,
@@ -131,6 +149,7 @@ class ShardProcessor:
             config.fetch_threads,
             decode_threads,
             self.decode_mode,
+            self.memory_budget.capacity / 2**20,
         )
 
     def process(self, task: ShardTask) -> ShardResult:
@@ -143,18 +162,23 @@ class ShardProcessor:
         started = time.perf_counter()
         objects = task.objects
         state = ShardState(num_images=len(objects))
-        window = LoadWindow(self._loader, objects, self.config.window)
-        feed = _ModelFeed(self._batches, self._turns, state)
-        batch: list[LoadedImage] = []
+        with self._arrival:
+            feed = _ModelFeed(self._batches, self._turns, state, self.config.batch_size)
+            account = self.memory_budget.open()
+        window = LoadWindow(
+            self._loader,
+            objects,
+            self.config.window,
+            timeout_s=self.config.image_timeout_s,
+            final_attempt=task.final_attempt,
+            account=account,
+        )
         try:
             for loaded in window:
                 state.record(loaded, objects[loaded.row].uri)
                 if loaded.image is not None or loaded.jpeg is not None:
-                    batch.append(loaded)
-                    if len(batch) == self.config.batch_size:
-                        feed.add(batch)
-                        batch = []
-            feed.finish(batch)
+                    feed.push(loaded)
+            feed.finish()
         except BaseException:
             window.cancel()  # queued fetches and decodes of this shard turn into no-ops
             feed.cancel()
@@ -162,6 +186,7 @@ class ShardProcessor:
         finally:
             state.wait_s = window.wait_s
             feed.release()  # the next shard's batches run while this one writes
+            account.close()  # and what this one still held of the memory budget is free
 
         files, bytes_written, write_s = self._writer.write(task, state)
         seconds = time.perf_counter() - started
@@ -204,6 +229,12 @@ class ShardProcessor:
         )
         return result
 
+    def _derived_image_memory(self) -> int:
+        """The memory budget from the actor's memory (its Ray ``memory``, else its share of
+        the machine) less this process's footprint with the model loaded."""
+        actor_memory = actor_memory_bytes(self.config.device, self.cpus)
+        return derived_image_memory(actor_memory, process_rss_bytes())
+
     def close(self) -> None:
         """Stop the thread pools and drop the model. Idempotent."""
         if self._closed:
@@ -224,37 +255,53 @@ class ShardProcessor:
 
 
 class _ModelFeed:
-    """One shard's batches on their way through the model, in the shard's own thread.
+    """One shard's images gathered into batches on their way through the model, in the
+    shard's own thread.
 
-    Each batch is staged (:meth:`DeviceBatches.submit`) while the model runs the batch staged
-    before it, so at most two of the shard's batches are on the device at once. The shard
-    takes its ticket for the model (:class:`ModelTurns`) when the feed is made, waits for its
-    turn before its first model call, and must :meth:`release` the ticket at the end, failed
-    or not.
+    Each image is staged into its network row as it is pushed (:meth:`DeviceBatches.admit`);
+    each full batch is staged (:meth:`DeviceBatches.submit`) while the model runs the batch
+    staged before it, so at most two of the shard's batches are on the device at once. The
+    shard takes its ticket for the model (:class:`ModelTurns`) when the feed is made, waits
+    for its turn before its first model call, and must :meth:`release` the ticket at the end,
+    failed or not.
     """
 
-    def __init__(self, batches: DeviceBatches, turns: ModelTurns, state: ShardState) -> None:
+    def __init__(
+        self, batches: DeviceBatches, turns: ModelTurns, state: ShardState, batch_size: int
+    ) -> None:
         self._batches = batches
         self._turns = turns
         self._state = state
+        self._batch_size = batch_size
         self._ticket = turns.take()
         self._has_turn = False
+        self._gathering: list[BatchEntry] = []
         self._staged: Future | None = None  # the batch being staged, for the model's next call
 
-    def add(self, batch: list[LoadedImage]) -> None:
-        """Stage ``batch`` and run the model on the one staged before it."""
-        self._advance(self._batches.submit(self._state, batch))
+    def push(self, item: LoadedImage) -> None:
+        """Add ``item`` (decoded, or a JPEG for the GPU) to the batch being gathered; a full
+        batch is staged, and the model runs on the one staged before it."""
+        self._gathering.append(self._batches.admit(item))
+        if len(self._gathering) == self._batch_size:
+            self._stage_gathered()
 
-    def finish(self, batch: list[LoadedImage]) -> None:
-        """Run the model on what is left: the staged batch and ``batch`` (may be empty)."""
-        if batch:
-            self.add(batch)
+    def finish(self) -> None:
+        """Run the model on what is left: the staged batch and the one being gathered."""
+        if self._gathering:
+            self._stage_gathered()
         self._advance(None)
 
     def cancel(self) -> None:
-        """Give up on the batch being staged, if any."""
+        """Give up on the batch being staged and the rows being staged, if any."""
         if self._staged is not None:
             self._staged.cancel()
+        for entry in self._gathering:
+            if entry.staging is not None:
+                entry.staging.cancel()
+
+    def _stage_gathered(self) -> None:
+        batch, self._gathering = self._gathering, []
+        self._advance(self._batches.submit(self._state, batch))
 
     def release(self) -> None:
         """Give the model to the next shard (or this shard's place in the queue). Idempotent."""

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_SIZE = 8
 #: Concurrent object reads per actor: enough to hide S3's first-byte latency behind a batch.
 DEFAULT_FETCH_THREADS = 16
+#: Seconds an image's fetch and decode may take together unless configured: far beyond a slow
+#: read of a large object (botocore's own retries under throttling included), so only a read
+#: that hangs meets it (:mod:`~pipeline.worker.deadlines`).
+DEFAULT_IMAGE_TIMEOUT_S = 300.0
 
 
 class ActorUnhealthyError(RuntimeError):
@@ -35,7 +39,11 @@ class ActorConfig:
 
     ``lookahead``: images fetched or decoded ahead of the model (bounds memory); default
     ``max(fetch_threads, 2 * batch_size)``. ``decode``: one of :data:`DECODE_MODES`.
-    ``compile``: the detector's ``torch.compile`` option.
+    ``compile``: the detector's ``torch.compile`` option. ``image_timeout_s``: the longest an
+    image's fetch and decode may take (:mod:`~pipeline.worker.deadlines`). ``image_memory``:
+    bytes the actor's decoded images (and batch rows in host memory) may hold
+    (:mod:`~pipeline.worker.memory_budget`); ``None``: derived from the actor's memory
+    (:mod:`~pipeline.worker.actor_memory`).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -49,6 +57,8 @@ class ActorConfig:
     lookahead: int | None = None
     decode: str = DECODE_AUTO
     compile: bool = False
+    image_timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S
+    image_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -56,7 +66,9 @@ class ActorConfig:
         for name in ("batch_size", "fetch_threads", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("decode_threads", "torch_threads", "lookahead"):
+        if not self.image_timeout_s > 0:
+            raise ValueError(f"image_timeout_s must be positive, got {self.image_timeout_s}")
+        for name in ("decode_threads", "torch_threads", "lookahead", "image_memory"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or None), got {value}")
@@ -68,7 +80,11 @@ class ActorConfig:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One attempt at one shard: what to read (in plan order) and where to write."""
+    """One attempt at one shard: what to read (in plan order) and where to write.
+
+    ``final_attempt``: the shard's last attempt; an image that outlasts its deadline then
+    becomes an ``error`` row instead of failing the attempt (:mod:`~pipeline.worker.deadlines`).
+    """
 
     run_id: str
     shard_id: int
@@ -76,6 +92,7 @@ class ShardTask:
     attempt_token: str
     output_root: str
     objects: tuple[SourceObject, ...]
+    final_attempt: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objects", tuple(self.objects))
