@@ -303,6 +303,27 @@ def test_a_create_whose_reply_was_lost_is_recognised_as_ours(s3_env, s3_prefix):
     assert read_lease(S3Storage(), s3_prefix + "out") is None
 
 
+def test_a_renewal_that_landed_although_it_failed_is_renewed_not_lost(output):
+    """A renewal that reached the store while its reply was lost and its retry failed leaves
+    our own lease at a version we never saw: the next renewal, and the release, go on from it
+    (under heavy faults this used to stop a healthy run as if another run held the output)."""
+    storage, uri = output
+    lease = Lease(storage, uri, ttl_s=TTL_S)
+    lease.acquire()
+    try:
+        landed = lease.body.stamped(TTL_S)
+        storage.write_bytes(lease.uri, landed.to_json())  # our renewal, its reply lost
+        lease.renew()
+        lease.check()  # not lost
+        held = read_lease(storage, uri)
+        assert held is not None and held.token == lease.body.token
+        assert held.renewed_at >= landed.renewed_at
+        storage.write_bytes(lease.uri, lease.body.stamped(TTL_S).to_json())  # once more
+    finally:
+        lease.release()
+    assert read_lease(storage, uri) is None  # released from the version it never saw
+
+
 # --------------------------------------------------------------------------- compare-and-swap
 
 

@@ -367,7 +367,14 @@ class Lease:
                 return
             self._held = False
             try:
-                self.storage.delete_if_version(self.uri, self._version)
+                try:
+                    self.storage.delete_if_version(self.uri, self._version)
+                except PreconditionFailedError:
+                    # Still ours at a version we never saw (see _renew_locked), or another's.
+                    current, version = self._read_versioned() or (None, None)
+                    if current is None or current.token != self.body.token:
+                        raise
+                    self.storage.delete_if_version(self.uri, version)
                 logger.info("released the lease %s", self.uri)
             except PreconditionFailedError:
                 logger.info("the lease %s is no longer this run's: left in place", self.uri)
@@ -401,14 +408,24 @@ class Lease:
         """Renew (the caller holds ``_lock``); marks the lease lost when the swap fails."""
         try:
             self._write(expected=self._version)
+            return
         except PreconditionFailedError:
+            pass
+        # An earlier renewal of ours may have landed although it reported a failure (its
+        # reply lost, a retry of it refused): the lease then carries our token, which no other
+        # writer has, at a version we never saw. Renew from that version.
+        current, version = self._read_versioned() or (None, None)
+        if current is not None and current.token == self.body.token:
+            logger.info("%s: an earlier renewal landed although it failed; renewing it", self.uri)
+            self._version = version
             try:
+                self._write(expected=version)
+                return
+            except PreconditionFailedError:
                 current = self._read()
-            except (StorageError, OSError, RunError):
-                current = None
-            holder = current.holder() if current else "another run, or nobody"
-            self._lost = f"the lease {self.uri} is now held by {holder}"
-            logger.error("%s; this run stops", self._lost)
+        holder = current.holder() if current else "another run, or nobody"
+        self._lost = f"the lease {self.uri} is now held by {holder}"
+        logger.error("%s; this run stops", self._lost)
 
     def _write(self, *, expected: str | None, acquired: bool = False) -> None:
         """Write our body, renewed now, if the lease is at version ``expected`` (``None``:

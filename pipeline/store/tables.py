@@ -50,7 +50,7 @@ from pipeline.store.layout import (
 from pipeline.store.ledger import ShardCounts
 from pipeline.store.s3 import DEFAULT_REGION, S3Options
 from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, TOMBSTONE_SCHEMA
-from pipeline.store.storage import Storage
+from pipeline.store.storage import Storage, StorageError
 from pipeline.store.uris import is_s3, join, normalize
 from yolov4.retry import backoff_s
 
@@ -79,7 +79,7 @@ TABLE_CONFIGURATION = {"delta.checkpointInterval": str(CHECKPOINT_INTERVAL)}
 #: Attempts at opening, refreshing or creating a table when the store fails transiently, on top
 #: of the object-store client's own retries (it gives up on a connection reset during a
 #: conditional PUT, for one); the wait between them doubles from the first, capped.
-DELTA_IO_ATTEMPTS = 4
+DELTA_IO_ATTEMPTS = 8
 DELTA_IO_BACKOFF_S = 0.5
 DELTA_IO_BACKOFF_MAX_S = 8.0
 #: Application-transaction id of a run's commits: ``yolo-batch/RUN_ID``.
@@ -262,7 +262,11 @@ class ResultTables:
                 raise
             except (OSError, DeltaError) as exc:
                 if attempt == DELTA_IO_ATTEMPTS:
-                    raise
+                    raise StorageError(
+                        f"{what} under {self.root} failed {attempt} times "
+                        f"({' '.join(str(exc).split())[:300]}); the store is failing or "
+                        "unreachable: try again later (a started run: --resume)"
+                    ) from exc
                 delay = backoff_s(attempt, DELTA_IO_BACKOFF_S, DELTA_IO_BACKOFF_MAX_S)
                 logger.warning(
                     "%s under %s failed (%s); trying again in %.1f s",
