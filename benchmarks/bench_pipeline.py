@@ -293,14 +293,14 @@ def _actor_sums(results: list) -> dict:
 
 def run_pipeline(source: Path, output: Path, *, shard_size: int, model) -> dict:
     """``driver.run`` with probes on the driver-side steps; see the module docstring."""
-    from pipeline.run import dispatch, driver, fleet, planning
+    from pipeline.run import dispatch, driver, fleet
     from pipeline.run.config import RunConfig
     from pipeline.store.ledger import RunRecord
     from pipeline.store.tables import ResultTables
 
     probes = Probes()
     probes.wrap(driver, "resolve_model", "resolve_model")
-    probes.wrap(planning, "write_plan", "plan")
+    probes.wrap(driver, "plan_run", "plan")  # starts the planner, which lists on meanwhile
     probes.wrap(dispatch, "init_ray", "ray_init")
     probes.wrap(fleet.ActorFleet, "launch", "launch")
     probes.wrap(dispatch, "read_shard", "read_shard")
