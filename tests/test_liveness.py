@@ -17,6 +17,7 @@ on a real local Ray.
 Each case is recorded for the Reliability table (:mod:`tests.reliability`).
 """
 
+# ruff: noqa: F811  (pytest fixtures imported from other test modules)
 from __future__ import annotations
 
 import io
@@ -34,11 +35,15 @@ from pipeline.store.sources import SourceObject
 from pipeline.store.storage import NodeFaultError, S3Storage
 from pipeline.worker import ActorConfig, ShardProcessor, ShardTask
 from pipeline.worker.deadlines import ImageDeadlineError
-from pipeline.worker.model_spec import resolve_model
 from pipeline.worker.tasks import ActorUnhealthyError
 from tests.reliability import Outcome, record, tally
-from tests.test_pipeline_e2e import RUN_TIMEOUT_S, cli_env, run_args
-from yolov4.hub import CACHE_ENV_VAR
+from tests.test_pipeline_e2e import RUN_TIMEOUT_S, run_args
+from tests.test_reliability_storage import (  # noqa: F401  (fixtures: model, proxy)
+    model,
+    proxied_env,
+    proxy,
+    upload_job,
+)
 
 #: An image's deadline in these tests; a dripping body would take hours.
 IMAGE_TIMEOUT_S = 2.0
@@ -47,19 +52,6 @@ LIVENESS_BOUND_S = 120.0
 EXIT_OK = 0
 NUM_IMAGES = 8
 SHARD_SIZE = 2
-
-
-@pytest.fixture(scope="module")
-def model(tiny_weights_path: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV_VAR, str(tiny_weights_path.parent))
-        return resolve_model()
-
-
-@pytest.fixture
-def proxy(s3_server):
-    with FaultProxy(s3_server.endpoint_url, seed=1) as running:
-        yield running
 
 
 def upload(s3_prefix: str, sample_images, count: int) -> list[str]:
@@ -254,17 +246,6 @@ def test_an_actor_whose_read_threads_are_stuck_reports_itself_unhealthy(
 # --------------------------------------------------------------------------- end to end
 
 
-def upload_run(s3_server, s3_prefix, sample_images, count):
-    uris = upload(s3_prefix, sample_images, count)
-    return f"{s3_prefix}photos/", f"{s3_prefix}results", uris
-
-
-def proxied_env(cache: Path, s3_server, proxy: FaultProxy) -> dict[str, str]:
-    env = cli_env(cache, s3=s3_server)
-    env["AWS_ENDPOINT_URL"] = proxy.endpoint_url
-    return env
-
-
 def image_rows(output: str) -> list[dict]:
     try:
         return query(output, "SELECT image_uri, status, error FROM all_images").to_pylist()
@@ -276,7 +257,8 @@ def image_rows(output: str) -> list[dict]:
 def test_credentials_that_expire_for_a_while_cost_retries_not_rows(
     cli, cache, proxy, s3_server, s3_env, s3_prefix, sample_images
 ):
-    source, output, uris = upload_run(s3_server, s3_prefix, sample_images, NUM_IMAGES)
+    source, output, expected = upload_job(s3_server, s3_prefix, sample_images, NUM_IMAGES)
+    uris = list(expected)
     keys = tuple(f"img-{i:03d}" for i in range(1, NUM_IMAGES))
     proxy.set_faults(FaultRule(EXPIRED, 0.0, methods={"GET"}, keys=keys, first=3))
     env = proxied_env(cache, s3_server, proxy)
@@ -303,7 +285,8 @@ def test_credentials_that_expire_for_a_while_cost_retries_not_rows(
 def test_an_image_that_hangs_every_time_ends_as_an_error_row_and_the_run_completes(
     cli, cache, proxy, s3_server, s3_env, s3_prefix, sample_images
 ):
-    source, output, uris = upload_run(s3_server, s3_prefix, sample_images, NUM_IMAGES)
+    source, output, expected = upload_job(s3_server, s3_prefix, sample_images, NUM_IMAGES)
+    uris = list(expected)
     hung = uris[3]
     proxy.set_faults(FaultRule(DRIP, 1.0, methods={"GET"}, keys=("img-003",)))
     env = proxied_env(cache, s3_server, proxy)

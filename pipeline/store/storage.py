@@ -86,30 +86,38 @@ _TRANSIENT_CODES = {
     "PriorRequestNotComplete",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+#: How each node fault is put: its cause, and what to do about it.
+_EXPIRED = (
+    "the credentials have expired",
+    "refresh them (a new session token or role credentials) on every node",
+)
+_BAD_TOKEN = (
+    "the session token is not valid",
+    "check AWS_SESSION_TOKEN or the profile on every node",
+)
+_UNKNOWN_KEY = (
+    "access denied: the store does not know this access key id",
+    "check the credentials (AWS_ACCESS_KEY_ID or the profile) on every node",
+)
+_WRONG_SECRET = (
+    "access denied: the secret key does not match the access key id",
+    "check the credentials (AWS_SECRET_ACCESS_KEY or the profile) on every node",
+)
+_SKEWED_CLOCK = (
+    "this machine's clock is too far from the store's",
+    "synchronise the clock (NTP/chrony) on every node",
+)
 #: Error codes with which a store refuses the caller itself, whatever the object: the cause and
-#: fix of each, for the one sentence a run stops with (:class:`NodeFaultError`).
+#: the fix of each, for the one sentence a run stops with (:class:`NodeFaultError`).
 _NODE_FAULT_CODES = {
-    "ExpiredToken": "the credentials have expired",
-    "ExpiredTokenException": "the credentials have expired",
-    "TokenRefreshRequired": "the credentials have expired",
-    "InvalidToken": "the session token is not valid",
-    "InvalidAccessKeyId": "access denied: the store does not know this access key id",
-    "SignatureDoesNotMatch": "access denied: the secret key does not match the access key id",
-    "RequestTimeTooSkewed": "this machine's clock is too far from the store's",
-    "RequestExpired": "this machine's clock is too far from the store's",
-}
-#: What to do about each cause above.
-_NODE_FAULT_FIXES = {
-    "the credentials have expired": "refresh them (a new session token or role credentials) "
-    "on every node, then resume the run (--resume)",
-    "the session token is not valid": "check AWS_SESSION_TOKEN or the profile on every node, "
-    "then resume the run (--resume)",
-    "access denied: the store does not know this access key id": "check the credentials "
-    "(AWS_ACCESS_KEY_ID or the profile) on every node, then resume the run (--resume)",
-    "access denied: the secret key does not match the access key id": "check the credentials "
-    "(AWS_SECRET_ACCESS_KEY or the profile) on every node, then resume the run (--resume)",
-    "this machine's clock is too far from the store's": "synchronise the clock (NTP/chrony) on "
-    "every node, then resume the run (--resume)",
+    "ExpiredToken": _EXPIRED,
+    "ExpiredTokenException": _EXPIRED,
+    "TokenRefreshRequired": _EXPIRED,
+    "InvalidToken": _BAD_TOKEN,
+    "InvalidAccessKeyId": _UNKNOWN_KEY,
+    "SignatureDoesNotMatch": _WRONG_SECRET,
+    "RequestTimeTooSkewed": _SKEWED_CLOCK,
+    "RequestExpired": _SKEWED_CLOCK,
 }
 #: botocore's errors for credentials it could not find or load on this machine.
 _CREDENTIAL_ERRORS = (
@@ -556,9 +564,9 @@ def _translated(uri: str):
         if code in _PRECONDITION_CODES or status == 412:
             raise PreconditionFailedError(f"{uri} already exists") from None
         if code in _NODE_FAULT_CODES:
-            cause = _NODE_FAULT_CODES[code]
+            cause, fix = _NODE_FAULT_CODES[code]
             raise NodeFaultError(
-                f"{cause} ({code}, reading or writing {uri}); {_NODE_FAULT_FIXES[cause]}"
+                f"{cause} ({code}, reading or writing {uri}); {fix}, then resume the run (--resume)"
             ) from None
         if code in {"AccessDenied", "403"}:
             raise StorageError(
