@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,13 +138,19 @@ def after_claim() -> None:
 
 
 def _claim(path: Path) -> bool:
-    """Create ``path`` holding this process's id; whether this call created it."""
+    """Create ``path`` holding this process's id; whether this call created it.
+
+    The file appears with its content (written to a private file, then hard-linked into
+    place, which fails if ``path`` exists): another thread of the claiming process, in
+    :func:`_owns`, never reads it empty and so never takes its own process for another."""
+    private = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    private.write_text(str(os.getpid()))
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.link(private, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as out:
-        out.write(str(os.getpid()))
+    finally:
+        private.unlink()
     return True
 
 

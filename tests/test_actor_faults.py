@@ -26,11 +26,16 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from infra.local.fault_proxy import READ_METHODS, FaultRule
+from pipeline import faults
 from pipeline.run.actors import (
     CPU_ACTOR_CPUS,
     GPU_ACTOR_CPUS_PER_GPU,
@@ -371,3 +376,31 @@ def test_gpu_actors_reserve_several_cpus_but_no_more_per_gpu_than_the_nodes_have
     assert actor_options(fixed)["num_cpus"] == 3  # every actor, replacements included
     assert actor_options(for_cluster(gpu, [node(64, 2)]))["num_cpus"] == GPU_ACTOR_CPUS_PER_GPU
     assert for_cluster(RunConfig(source="s", output="o"), nodes).cpus_per_actor is None
+
+
+# --------------------------------------------------------------------------- the injector
+
+
+def test_a_sticky_claim_is_owned_by_every_thread_of_the_claiming_process_alone(tmp_path):
+    """The sticky actor's claim: the threads of the process that made it all own it (none of
+    them reads it half-written and takes its process for another), and no other process
+    does. An actor running two shards at once otherwise got one of them through and passed
+    for healthy."""
+    threads, claims = 8, 100
+    for number in range(claims):
+        claim = tmp_path / f"sticky-{number}"
+        start = threading.Barrier(threads)
+
+        def owns(_, claim=claim, start=start) -> bool:
+            start.wait()
+            return faults._owns(claim)
+
+        with ThreadPoolExecutor(threads) as pool:
+            owned = list(pool.map(owns, range(threads)))
+        assert owned == [True] * threads, f"claim {number}: {owned}"
+    other = subprocess.run(
+        [sys.executable, "-c", "import pathlib, sys; from pipeline import faults; "
+         f"print(faults._owns(pathlib.Path({str(claim)!r})))"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert other.stdout.strip() == "False"
