@@ -375,7 +375,8 @@ def test_gpu_actors_reserve_several_cpus_but_no_more_per_gpu_than_the_nodes_have
     assert fixed.cpus_per_actor == 3
     assert actor_options(fixed)["num_cpus"] == 3  # every actor, replacements included
     assert actor_options(for_cluster(gpu, [node(64, 2)]))["num_cpus"] == GPU_ACTOR_CPUS_PER_GPU
-    assert for_cluster(RunConfig(source="s", output="o"), nodes).cpus_per_actor is None
+    cpu = RunConfig(source="s", output="o", gpus_per_actor=0)
+    assert for_cluster(cpu, nodes).cpus_per_actor is None
 
 
 # --------------------------------------------------------------------------- the injector

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.cli import main
@@ -103,3 +106,63 @@ def test_usage_errors_exit_1(capsys, tmp_path):
     assert main(["no-such-command"]) == 1
     assert main(["detect", "x.jpg", "--cfg", str(YOLOV4_TINY_CFG)]) == 1
     assert "--cfg and --weights go together" in capsys.readouterr().err
+
+
+def test_out_never_writes_over_an_input(tmp_path, capsys, sample_images, model_args):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    bus = photos / "bus.jpg"
+    shutil.copyfile(sample_images[0], bus)
+    original = bus.read_bytes()
+    (tmp_path / "link").symlink_to(photos, target_is_directory=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(bus, elsewhere / "bus.jpg")  # the same file under another name: a hard link
+    same_folder = [
+        str(photos),  # the input's own folder
+        str(tmp_path / "link"),  # through a symbolic link
+        str(photos / ".." / "photos"),  # through ..
+        str(elsewhere),  # a folder holding a hard link to the input
+    ]
+    for out in same_folder:
+        code = main(["detect", str(bus), *model_args, "--out", out])
+        captured = capsys.readouterr()
+        assert code == 1, out
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("yolo-batch: error: --out"), captured.err
+        assert f"over the input {bus}" in lines[0] and "give --out a folder" in lines[0]
+        assert captured.out == ""  # refused before detecting
+        assert bus.read_bytes() == original
+    assert sorted(p.name for p in photos.iterdir()) == ["bus.jpg"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["bus.jpg"]
+
+
+def test_out_says_where_the_annotated_copies_went(tmp_path, capsys, sample_images, model_args):
+    out = tmp_path / "annotated"
+    assert main(["detect", *map(str, sample_images), *model_args, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 2 annotated images to {out}"
+    again = main(["detect", str(sample_images[0]), *model_args, "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert again == 0 and len(json.loads(captured.out)) == 1  # stdout stays JSON
+    assert captured.err.strip() == f"wrote 1 annotated image to {out}"
+
+
+def test_devices_not_here_are_one_sentence(capsys, sample_images, model_args):
+    """No traceback for a device this machine or this PyTorch build lacks: ``cuda`` on a CPU
+    build, a CUDA index beyond the GPUs, a device type the detector does not run on."""
+    unusable = {
+        "mps": "mps devices are not supported",
+        "npu0": "is not a device",
+        f"cuda:{torch.cuda.device_count()}": "CUDA",  # one past the last GPU, or no CUDA
+    }
+    if not torch.cuda.is_available():
+        unusable["cuda"] = "CUDA is not available here"
+    for device, reason in unusable.items():
+        code = main(["detect", str(sample_images[0]), *model_args, "--device", device])
+        captured = capsys.readouterr()
+        assert code == 1, device
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1, captured.err
+        assert lines[0].startswith("yolo-batch: error: --device "), lines[0]
+        assert device in lines[0] and reason in lines[0] and "cpu" in lines[0], lines[0]
+        assert captured.out == ""

@@ -15,7 +15,9 @@ from yolov4.draw import (
     class_colour,
     draw_detections,
     font_size_for,
+    layout_labels,
     line_width_for,
+    rects_overlap,
     save_annotated,
     text_colour,
 )
@@ -189,3 +191,41 @@ def test_boxes_wholly_outside_draw_nothing():
     boxes = [[-30, 10, -5, 40], [60, 10, 90, 40], [10, -40, 40, -1], [10, 55, 40, 80]]
     out = draw_detections(image, boxes, [0.5] * 4, [0, 1, 2, 3], NAMES)
     np.testing.assert_array_equal(np.asarray(out), image)
+
+
+@pytest.mark.parametrize(
+    ("size", "box"),
+    [
+        ((640, 480), [200, 200, 400, 400]),  # room above the box for both labels
+        ((640, 480), [0, 0, 640, 480]),  # the whole image: no room above, labels stack inside
+        ((120, 60), [110, 50, 120, 60]),  # a small image's corner: pushed inside, stacked
+    ],
+)
+def test_labels_of_boxes_at_the_same_place_do_not_overlap(size, box):
+    width, height = size
+    boxes, scores, class_ids = [box, box, box], [0.9, 0.8, 0.3], [0, 1, 2]
+    labels = layout_labels(size, boxes, scores, class_ids, NAMES)
+    assert sorted(label.index for label in labels) == [0, 1, 2]
+    assert [label.text for label in labels][-1] == "class0 0.90"  # best drawn last
+    for label in labels:
+        left, top, right, bottom = label.rect
+        assert 0 <= left <= right < width and 0 <= top <= bottom < height, label
+    for a, b in itertools.combinations(labels, 2):
+        assert not rects_overlap(a.rect, b.rect), (a, b)
+    # and each label is drawn where the layout put it: its rectangle in its class colour
+    out = np.asarray(draw_detections(blank(height, width), boxes, scores, class_ids, NAMES))
+    for label in labels:
+        left, top, right, bottom = label.rect
+        colour = class_colour(class_ids[label.index])
+        area = out[top : bottom + 1, left : right + 1]
+        assert (area == colour).all(axis=2).mean() > 0.3, label
+
+
+def test_best_label_keeps_its_place_above_the_box():
+    box = [200, 200, 400, 400]
+    (alone,) = layout_labels((640, 480), [box], [0.9], [0], NAMES)
+    labels = layout_labels((640, 480), [box, box], [0.2, 0.9], [1, 0], NAMES)
+    best = next(label for label in labels if label.index == 1)
+    other = next(label for label in labels if label.index == 0)
+    assert best.rect == alone.rect and best.rect[3] < 200  # above the box's top edge
+    assert other.rect[3] < best.rect[1]  # stacked above it

@@ -11,6 +11,12 @@
   thresholds), missed at 0.75..0.95: AP = 0.5, AP50 = 1.0. Mixing up x,y,w,h and corners, or
   category ids, breaks these numbers.
 - No ground-truth image matches: exit 1 with a one-line error.
+- A ground-truth image without a result (never processed) counts: each of its boxes is a
+  miss, so recall and AP drop below those of the same ground truth without it.
+- The run kept detections from ``--conf`` 0.25 up: one warning line says the mAP is a lower
+  bound and how to get a comparable one; precision and recall at that threshold, and the
+  precision-recall curve above it, match the perturbed ground truth's hand count (every
+  detection a hit but the dropped ``person``; every box found but the added one).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.results.evaluate import MAX_COMPARABLE_CONF, PUBLISHED_AP_CONF, lower_bound_note
 from pipeline.results.query import query
 from tests.test_pipeline_e2e import (
     ERROR_TRUNCATED,
@@ -121,8 +128,9 @@ def test_ground_truth_equal_to_the_detections_scores_ap_one(eval_run, cli, tmp_p
     assert table.returncode == 0 and "mAP@[.5:.95] 1.0000  mAP@.5 1.0000" in table.stdout
 
 
-def test_perturbed_ground_truth_gives_the_hand_computed_ap(eval_run, cli, tmp_path):
-    cache, output, images, detections = eval_run
+def perturbed_boxes(detections) -> list[tuple]:
+    """The detections' boxes as ground truth, but for the lowest-scoring ``person`` (left out),
+    an extra ``person`` box nothing detects, and the ``bus`` shifted (module docstring)."""
     persons = [d for d in detections if d["class_name"] == "person"]  # best score first
     buses = [d for d in detections if d["class_name"] == "bus"]
     assert len(persons) >= 3 and len(buses) == 1
@@ -133,7 +141,13 @@ def test_perturbed_ground_truth_gives_the_hand_computed_ap(eval_run, cli, tmp_pa
     shift = BUS_SHIFT * (bus["x_max"] - bus["x_min"])
     boxes.append((bus["image_uri"], "bus", bus["x_min"] + shift, bus["y_min"],
                   bus["x_max"] + shift, bus["y_max"]))  # fmt: skip
-    gt = ground_truth(images, boxes, basename=True)
+    return boxes
+
+
+def test_perturbed_ground_truth_gives_the_hand_computed_ap(eval_run, cli, tmp_path):
+    cache, output, images, detections = eval_run
+    persons = [d for d in detections if d["class_name"] == "person"]
+    gt = ground_truth(images, perturbed_boxes(detections), basename=True)
     result = run_eval(cli, cache, output, gt, tmp_path, "--json")
     assert result.returncode == 0, result.describe()
     report = json.loads(result.stdout)
@@ -158,3 +172,74 @@ def test_no_matching_image_is_a_clear_error(eval_run, cli, tmp_path):
     assert result.returncode == 1, result.describe()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no ground-truth image of" in lines[0]
+
+
+def test_ground_truth_images_without_results_count_as_misses(eval_run, cli, tmp_path):
+    cache, output, images, detections = eval_run
+    gt = ground_truth(images, [box(d) for d in detections], basename=False)
+    complete = json.loads(run_eval(cli, cache, output, gt, tmp_path, "--json").stdout)
+    missing_id = max(img["id"] for img in gt["images"]) + 1
+    gt["images"].append({"id": missing_id, "file_name": "/elsewhere/never run.jpg",
+                         "width": 640, "height": 480})  # fmt: skip
+    gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": missing_id,
+                              "category_id": OFFICIAL_IDS["person"], "bbox": [10, 10, 100, 200],
+                              "area": 100 * 200, "iscrowd": 0})  # fmt: skip
+    result = run_eval(cli, cache, output, gt, tmp_path, "--json")
+    assert result.returncode == 0, result.describe()
+    report = json.loads(result.stdout)
+    assert report["ap"] < complete["ap"] == pytest.approx(1.0)
+    assert report["stats"]["AR100"] < complete["stats"]["AR100"]
+    assert report["images_evaluated"] == len(images) + 1
+    assert report["ground_truth_images_unmatched"] == 1
+    assert "1 ground-truth images have no result image" in result.stderr
+    boxes = len(detections)
+    assert complete["recall"] == pytest.approx(1.0)
+    assert report["recall"] == pytest.approx(boxes / (boxes + 1))
+    assert report["precision"] == pytest.approx(1.0)  # no detection was added, none is wrong
+    persons = sum(d["class_name"] == "person" for d in detections)
+    by_name = {c["name"]: c for c in report["classes"]}
+    assert by_name["person"]["num_ground_truth"] == persons + 1
+
+
+def test_conf_warning_precision_recall_and_curve(eval_run, cli, tmp_path):
+    cache, output, images, detections = eval_run
+    gt = ground_truth(images, perturbed_boxes(detections), basename=True)
+    result = run_eval(cli, cache, output, gt, tmp_path, "--json")
+    assert result.returncode == 0, result.describe()
+    warnings = [line for line in result.stderr.splitlines() if "lower bound" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "scoring 0.25 or more" in warnings[0] and "yolo-batch run --conf 0.001" in warnings[0]
+    report = json.loads(result.stdout)
+    assert report["conf_threshold"] == pytest.approx(0.25)
+    assert report["comparable_with_published_ap"] is False
+    # Every detection but the dropped person hits (the shifted bus at IoU 0.72 >= 0.5); every
+    # box but the added person is found: D - 1 hits of D detections and of D boxes.
+    count = len(detections)
+    assert report["true_positives"] == count - 1 and report["false_positives"] == 1
+    assert report["ground_truth_boxes"] == count
+    assert report["precision"] == pytest.approx((count - 1) / count)
+    assert report["recall"] == pytest.approx((count - 1) / count)
+    curve = report["pr_curve"]
+    assert curve[0] == {"score": pytest.approx(0.25), "precision": report["precision"],
+                        "recall": report["recall"]}  # fmt: skip
+    assert [p["score"] for p in curve] == pytest.approx([0.25] + [k / 20 for k in range(6, 20)])
+    dropped = [d for d in detections if d["class_name"] == "person"][-1]["score"]  # the miss
+    for point in curve:
+        kept = [d for d in detections if d["score"] >= point["score"]]
+        hits = len(kept) - (dropped >= point["score"])
+        assert point["recall"] == pytest.approx(hits / count), point
+        if kept:
+            assert point["precision"] == pytest.approx(hits / len(kept)), point
+        else:
+            assert point["precision"] is None
+    table = run_eval(cli, cache, output, gt, tmp_path)
+    assert f"precision {(count - 1) / count:.4f}  recall {(count - 1) / count:.4f}" in table.stdout
+    assert "scores >= 0.25 (the run's --conf)" in table.stdout
+
+
+def test_lower_bound_note_only_above_the_comparable_threshold():
+    assert lower_bound_note(PUBLISHED_AP_CONF) is None
+    assert lower_bound_note(MAX_COMPARABLE_CONF) is None
+    assert lower_bound_note(None) is None
+    note = lower_bound_note(0.1)
+    assert note is not None and "lower bound" in note and "\n" not in note

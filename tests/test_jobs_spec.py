@@ -83,7 +83,7 @@ BAD_SPECS = {
     ),
     "out of range": (
         {"conf": 1.5},
-        ["`conf` must be a number from 0 to 1", "1.5", "fix it"],
+        ["`conf` must be a number in [0, 1)", "1.5", "fix it", "--conf"],
         None,
     ),
     "credential key": (
@@ -124,7 +124,7 @@ def test_a_bad_spec_writes_nothing_to_an_s3_output(cli, cache, tmp_path, s3_serv
     spec = write_spec(tmp_path, {**base_spec(s3_prefix + "photos/", output), "iou": -0.1})
     env = cli_env(cache, s3=s3_server)
     result = cli.run(["run", spec, "--no-progress"], env, QUICK_TIMEOUT_S)
-    assert_one_line_error(result, "`iou` must be a number from 0 to 1")
+    assert_one_line_error(result, "`iou` must be a number in (0, 1]")
     bucket, prefix = s3_prefix.removeprefix("s3://").split("/", 1)
     listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     assert listing.get("KeyCount", 0) == 0, listing.get("Contents")

@@ -333,9 +333,9 @@ def test_a_marker_whose_file_is_gone_stops_migrate_saying_what_to_do(legacy, cap
     assert gone in error and "restore the file, or delete the marker" in error
 
 
-def test_an_output_without_earlier_results_needs_no_migrate(tmp_path, capsys):
-    assert main(["migrate", str(tmp_path / "empty")]) == 0
-    assert "nothing to migrate" in capsys.readouterr().out
+def test_a_path_without_results_is_refused_and_left_as_it_was(tmp_path, capsys):
+    assert main(["migrate", str(tmp_path / "empty")]) == 1
+    assert "no runs under" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()
 
 

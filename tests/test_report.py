@@ -4,12 +4,17 @@ One module-scoped ``yolo-batch run`` over the sample photos, a truncated JPEG, a
 ``.jpg``, an empty file and files whose names are HTML (``<script>…``, ``"><img …>``, ``&``), in a
 source folder whose own name is HTML too; then ``yolo-batch report`` on it, as a subprocess.
 
+The report is given ground truth (the run's own detections, plus an image the run never saw):
+its accuracy section shows the misses, precision and recall, the lower-bound note of a run at
+``--conf`` 0.25 and the precision-recall curve.
+
 The page is checked for: self-containment (nothing loaded from elsewhere), the counts, class
 names and error reasons of the run, N thumbnails that decode as JPEGs with boxes drawn, and
 escaping (the parsed page has no element or attribute that a name injected, and the names show
-literally). Then Debian's ``chromium`` renders it headless: no console message at all (the page
-has no scripts, so any message — an uncaught error, a blocked load, a CSP violation — is a
-fault), and its screenshot is not blank and shows the gallery.
+literally); count axes have whole-number ticks, and "Resumed" says no or how many times. Then
+Debian's ``chromium`` renders it headless: no console message at all (the page has no scripts,
+so any message — an uncaught error, a blocked load, a CSP violation — is a fault), and its
+screenshot is not blank and shows the gallery.
 
 Console messages are read from Chromium's own log (``--enable-logging=stderr --v=0`` writes each
 page console message as an ``INFO:CONSOLE`` line); a control page with a deliberate error proves
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -48,6 +54,8 @@ from pipeline.results.report.gallery import (
     SampleBox,
     resize_for_thumbnail,
 )
+from tests.test_eval import OFFICIAL_IDS, ground_truth
+from tests.test_eval import box as gt_box
 from tests.test_pipeline_e2e import (
     ERROR_EMPTY,
     ERROR_NOT_AN_IMAGE,
@@ -97,7 +105,7 @@ MAX_MEDIAN_DIFF = 8.0
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "main", "h1", "h2", "p", "code",
     "section", "table", "thead", "tbody", "tr", "th", "td", "div", "svg", "g", "text", "rect",
-    "line", "details", "summary", "pre", "figure", "figcaption", "img",
+    "line", "details", "summary", "pre", "figure", "figcaption", "img", "circle",
 }  # fmt: skip
 BROWSER_FLAGS = (
     "--headless",
@@ -132,11 +140,35 @@ def report_run(sample_images, cache, tmp_path_factory):
     finally:
         proc.kill_tree(grace_s=5.0)
     assert result.returncode == 0, result.describe()
+    truth = root / "ground-truth.json"
+    truth.write_text(json.dumps(report_ground_truth(output)))
     page = root / "report.html"
-    report = Cli(["report", output, "--out", page, "--samples", SAMPLES], env, root).wait()
+    report = Cli(
+        ["report", output, "--out", page, "--samples", SAMPLES, "--ground-truth", truth],
+        env,
+        root,
+    ).wait()
     assert report.returncode == 0, report.describe()
     assert f"wrote {page}" in report.stdout
     return output, expected, page
+
+
+MISSING_IMAGE = "/elsewhere/never run.jpg"
+"""A ground-truth image the run never saw: its one box is a miss."""
+
+
+def report_ground_truth(output: Path) -> dict:
+    """The run's own detections as ground truth, plus :data:`MISSING_IMAGE` with one box."""
+    images = query(str(output), "SELECT * FROM images WHERE status = 'ok'").to_pylist()
+    detections = query(str(output), "SELECT * FROM detections").to_pylist()
+    assert {d["class_name"] for d in detections} <= set(OFFICIAL_IDS)
+    gt = ground_truth(images, [gt_box(d) for d in detections], basename=False)
+    missing_id = max(img["id"] for img in gt["images"]) + 1
+    gt["images"].append({"id": missing_id, "file_name": MISSING_IMAGE, "width": 64, "height": 64})
+    gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": missing_id,
+                              "category_id": OFFICIAL_IDS["person"], "bbox": [1, 1, 30, 60],
+                              "area": 30 * 60, "iscrowd": 0})  # fmt: skip
+    return gt
 
 
 class Page(HTMLParser):
@@ -186,9 +218,9 @@ def test_report_is_self_contained_with_the_runs_figures(report_run):
     assert "<script" not in markup.lower()
     page = Page(markup)
     text = page.text
-    for heading in ("Run summary", "Class distribution", "Score histogram",
-                    "Detections per image", "Throughput over the run", "Errors",
-                    "Sample images"):  # fmt: skip
+    for heading in ("Run summary", "Accuracy against ground truth", "Class distribution",
+                    "Score histogram", "Detections per image", "Throughput over the run",
+                    "Errors", "Sample images"):  # fmt: skip
         assert ("h2", {}) in page.tags and heading in text, heading
 
     (run,) = query(str(output), "SELECT * FROM runs").to_pylist()
@@ -210,6 +242,23 @@ def test_report_is_self_contained_with_the_runs_figures(report_run):
     for row in reasons:
         assert f"{row['error']} {row['n']}" in text
     assert "log of the images table" in text  # where the throughput figures come from
+
+
+def test_accuracy_section_counts_misses_and_says_the_map_is_a_lower_bound(report_run):
+    output, expected, page_path = report_run
+    markup = page_path.read_text(encoding="utf-8")
+    text = Page(markup).text
+    (detections,) = query(str(output), "SELECT count(*) FROM detections").column(0).to_pylist()
+    boxes = detections + 1  # the missing image's box
+    ok = sum(item.photo is not None for item in expected.values())
+    assert f"Ground-truth boxes {boxes:,} ({detections:,} found)" in text
+    assert f"Images evaluated {ok + 1} (1 without results: their boxes are misses" in text
+    assert "Precision (IoU 0.50, scores ≥ 0.25) 1.0000" in text
+    assert f"Recall (IoU 0.50, scores ≥ 0.25) {detections / boxes:.4f}" in text
+    assert "lower bound, not comparable with published AP" in text and "--conf 0.001" in text
+    section = markup[markup.index('id="accuracy"') : markup.index('id="classes"')]
+    assert section.count("<circle") >= 2  # the precision-recall curve's points
+    assert "score 0.25: precision 1.000" in section
 
 
 def test_report_escapes_names_and_shows_them_literally(report_run):
@@ -279,6 +328,53 @@ def test_samples_are_deterministic_and_bounded(report_run):
     again = [s.image_uri for s in collect(str(output), samples=2).samples]
     assert first == again and len(first) == 2
     assert collect(str(output), samples=0).samples == []
+
+
+def small_report(**changes) -> ReportData:
+    """Figures of a small run: a few detections and images, one class."""
+    data = ReportData(
+        output="/results",
+        run={"run_id": "run-1", "status": "succeeded", "resumed": 0},
+        images_total=7,
+        images_ok=7,
+        images_error=0,
+        detections_total=9,
+        classes=[ClassCount(0, "person", 9)],
+        other_classes=None,
+        score_bins=[0] * 15 + [1, 2, 5, 1, 0],
+        detections_per_image_bins=[1, 3, 2, 1] + [0] * 17,
+        errors=[],
+        errors_not_shown=0,
+        throughput=[ThroughputBucket(0.0, 4.0, 7)],
+    )
+    for name, value in changes.items():
+        setattr(data, name, value)
+    return data
+
+
+_Y_TICK = re.compile(r'<text x="[\d.]+" y="[\d.]+" text-anchor="end" class="tick">([^<]*)</text>')
+
+
+def test_count_axes_have_whole_number_ticks():
+    data = small_report()
+    markup = render_html(data)
+    tallest = {"scores": max(data.score_bins), "per-image": max(data.detections_per_image_bins)}
+    for section, highest in tallest.items():
+        start = markup.index(f'id="{section}"')
+        chart = markup[start : markup.index("</section>", start)]
+        ticks = _Y_TICK.findall(chart)
+        assert all(tick.isdigit() for tick in ticks), (section, ticks)  # no 1.25 detections
+        values = [int(tick) for tick in ticks]
+        assert values == sorted(set(values)) and values[0] == 0, (section, ticks)
+        assert len(values) >= 3 and values[-2] < highest <= values[-1], (section, ticks)
+
+
+def test_resumed_says_no_or_how_many_times():
+    assert "Resumed no" in Page(render_html(small_report())).text
+    once = small_report(run={"run_id": "run-1", "status": "succeeded", "resumed": 1})
+    assert "Resumed yes, 1 time " in Page(render_html(once)).text
+    twice = small_report(run={"run_id": "run-1", "status": "succeeded", "resumed": 2})
+    assert "Resumed yes, 2 times" in Page(render_html(twice)).text
 
 
 def test_hostile_class_names_errors_and_records_are_escaped():

@@ -22,7 +22,7 @@ NOT_SETTINGS = {"model", "resume", "run_id", "s3.retry_mode", "s3.connect_timeou
 JOB_FIELDS = {"name", "description", "model", "schedule"}
 #: Options of ``run`` that are not settings.
 INVOCATION_OPTIONS = {"--help", "--resume", "--no-progress", "--model", "--cfg", "--weights"}
-INVOCATION_OPTIONS |= {"--names"}
+INVOCATION_OPTIONS |= {"--names", "-v", "--verbose"}
 STORAGE_COMMANDS = (
     ["status", "OUT"],
     ["query", "OUT", "SELECT 1"],
@@ -93,13 +93,13 @@ def every_setting_changed() -> dict:
     values = {
         "input_size": 608, "conf": 0.3125, "iou": 0.5, "nms": "iou", "resize": "letterbox",
         "classes": ["person", "2"], "max_det": 50, "precision": "bf16", "decode": "draft",
-        "compile": True, "incremental": False,
+        "compile": True, "incremental": False, "extensions": ["jpg", "heic"],
         "resources": {"actors": 3, "gpus_per_actor": 0.5, "cpus_per_actor": 1.5,
                       "batch_size": 4, "shard_size": 7, "fetch_threads": 5,
                       "shard_deadline_s": 900.0, "actor_memory": "6GiB",
                       "image_memory": 2 * 2**30},
         "s3": {"endpoint_url": "https://s3.example.com", "region": "eu-west-1",
-               "read_timeout_s": 12.5, "max_attempts": 4},
+               "profile": "batch", "read_timeout_s": 12.5, "max_attempts": 4},
     }  # fmt: skip
     return {"name": "all-settings", "source": "s3://in/a/", "output": "s3://out/b/", **values}
 
@@ -117,17 +117,19 @@ def test_a_spec_that_sets_everything_renders_to_the_same_run():
 
 def test_a_bad_option_value_names_the_option_and_the_spec_key():
     args = build_parser().parse_args(["run", "--source", "a", "--output", "b", "--batch-size", "0"])
-    with pytest.raises(ValueError, match=r"batch_size 0 is not an integer of at least 1") as err:
+    with pytest.raises(ValueError, match=r"^--batch-size must be an integer of at least 1, got 0$"):
         config_from_args(args)
-    assert "--batch-size" in str(err.value) and "`resources.batch_size`" in str(err.value)
     args = build_parser().parse_args(["run", "--source", "a", "--output", "b", "--conf", "1.5"])
-    with pytest.raises(ValueError, match=r"conf 1.5 is not a number from 0 to 1; fix `conf`"):
+    with pytest.raises(ValueError, match=r"^--conf must be a number in \[0, 1\), got 1.5$"):
         config_from_args(args)
+    config = RunConfig(source="a", output="b", batch_size=0)
+    with pytest.raises(ValueError, match=r"--batch-size \(`resources.batch_size` in a job spec\)"):
+        config.validate()
 
 
 @pytest.mark.parametrize("argv", STORAGE_COMMANDS, ids=lambda a: a[0])
 def test_every_storage_command_takes_the_same_s3_options(argv):
-    s3_argv = ["--endpoint-url", "http://127.0.0.1:9", "--region", "eu-north-1"]
+    s3_argv = ["--endpoint-url", "http://127.0.0.1:9", "--region", "eu-north-1", "--profile", "ci"]
     s3_argv += ["--s3-read-timeout", "7", "--s3-max-attempts", "2"]
     args = build_parser().parse_args([*argv, *s3_argv])
     for setting in S3_SETTINGS:

@@ -27,6 +27,7 @@ from yolov4.config import DEFAULT_CONFIGS, ModelConfig, check_input_size
 from yolov4.darknet_cfg import check_conv_specs, config_from_cfg, parse_cfg_text, read_names
 from yolov4.darknet_weights import load_darknet_weights
 from yolov4.decode import RawPredictions, decode_outputs
+from yolov4.devices import check_device
 from yolov4.errors import YoloError
 from yolov4.hub import check_sha256, fetch
 from yolov4.imageio import DEFAULT_MAX_IMAGE_PIXELS, load_images
@@ -48,6 +49,7 @@ from yolov4.preprocess import (
     prepare_batch,
 )
 from yolov4.pretrained import PretrainedModel, get_pretrained
+from yolov4.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ class Detector:
     Args:
         model: a :class:`yolov4.model.YOLOv4` or ``YOLOv4Tiny`` with weights loaded (not fused).
         class_names: one name per class; defaults to ``class<i>``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; one this machine lacks raises
+            :class:`~yolov4.devices.DeviceError` (:func:`~yolov4.devices.check_device`).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the dtype of the weights and
             activations (the whole model is cast, no autocast; decode and NMS stay float32).
             On CPU, bf16 is faster than fp32 where oneDNN has native bf16 kernels (AVX512-BF16
@@ -158,7 +161,7 @@ class Detector:
         name: str | None = None,
     ) -> None:
         config: ModelConfig = model.config
-        self.device = torch.device(device)
+        self.device = check_device(device)
         if precision not in PRECISIONS:
             raise YoloError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if self.device.type == "cpu" and not fast_on_cpu(precision):
@@ -496,8 +499,8 @@ class Detector:
             if isinstance(item, str) and not item.isdigit():
                 if item not in self.class_names:
                     raise YoloError(
-                        f"unknown class {item!r}; the model's classes include "
-                        f"{', '.join(self.class_names[:8])}, ..."
+                        f"unknown class {item!r}; {did_you_mean(item, self.class_names)}the "
+                        f"model's classes include {', '.join(self.class_names[:8])}, ..."
                     )
                 mask[self.class_names.index(item)] = True
             else:

@@ -13,6 +13,7 @@ import functools
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -49,6 +50,20 @@ SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 DEFAULT_JPEG_QUALITY = 90
 
 Colour = tuple[int, int, int]
+
+Rect = tuple[int, int, int, int]
+"""An inclusive pixel rectangle ``(left, top, right, bottom)``."""
+
+
+@dataclass(frozen=True)
+class PlacedLabel:
+    """Where the label of one detection goes: ``index`` into the detections drawn, its text,
+    its filled background ``rect`` and the point its text is drawn at."""
+
+    index: int
+    text: str
+    rect: Rect
+    text_origin: tuple[int, int]
 
 
 def class_colour(class_id: int) -> Colour:
@@ -115,35 +130,72 @@ def draw_detections(
         An RGB ``PIL.Image.Image`` of size ``W x H``: each box outlined in its class colour
         (:func:`class_colour`) with a filled label ``"{name} {score:.2f}"`` above its
         top-left corner (inside the box when there is no room above), always within the
-        image. Higher-scoring detections are drawn last, on top.
+        image; labels never overlap one another (:func:`layout_labels`). Higher-scoring
+        detections are drawn last, on top.
     """
     pixels = to_rgb_array(image)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    class_ids = np.asarray(class_ids).reshape(-1)
-    if not len(boxes) == len(scores) == len(class_ids):
-        raise ValueError(
-            f"boxes, scores and class_ids differ in length: "
-            f"{len(boxes)}, {len(scores)}, {len(class_ids)}"
-        )
     canvas = Image.fromarray(pixels)
     height, width = pixels.shape[:2]
     line_width = line_width_for(width, height)
     font = _font(font_size_for(width, height))
     draw = ImageDraw.Draw(canvas)
-
-    order = np.argsort(scores, kind="stable")
-    visible = [i for i in order if np.isfinite(boxes[i]).all()]
-    edges = {i: _pixel_edges(boxes[i], width, height) for i in visible}
-    visible = [i for i in visible if edges[i] is not None]
-    for i in visible:
-        draw.rectangle(edges[i], outline=class_colour(int(class_ids[i])), width=line_width)
-    for i in visible:
-        class_id = int(class_ids[i])
-        name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-        label = f"{name} {scores[i]:.2f}"
-        _draw_label(draw, canvas.size, label, edges[i], class_colour(class_id), font)
+    ids = _flat_ids(class_ids)
+    for i, edges in _visible_boxes(boxes, scores, class_ids, width, height):
+        draw.rectangle(edges, outline=class_colour(int(ids[i])), width=line_width)
+    for label in layout_labels((width, height), boxes, scores, class_ids, class_names):
+        colour = class_colour(int(ids[label.index]))
+        draw.rectangle(label.rect, fill=colour, outline=colour)
+        draw.text(label.text_origin, label.text, fill=text_colour(colour), font=font)
     return canvas
+
+
+def layout_labels(
+    image_size: tuple[int, int],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    class_names: Sequence[str],
+) -> list[PlacedLabel]:
+    """The labels :func:`draw_detections` draws on an image of ``image_size`` (``width,
+    height``), placed so that no two overlap and each lies inside the image.
+
+    A label's place is above its box's top-left corner (inside the box when there is no room
+    above), moved inside the image. Labels are placed best score first; one whose place is
+    taken moves up or down, to the nearest free place in the image (just above or below the
+    labels in its way), so labels of boxes at the same place stack. Only when the image has no
+    free place left does a label keep its place over another. Returned lowest score first, the
+    order they are drawn in.
+    """
+    width, height = image_size
+    font = _font(font_size_for(width, height))
+    ids = _flat_ids(class_ids)
+    visible = _visible_boxes(boxes, scores, class_ids, width, height)
+    score_values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    placed: list[PlacedLabel] = []
+    for i, edges in reversed(visible):  # best score first: it keeps its preferred place
+        class_id = int(ids[i])
+        name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+        text = f"{name} {score_values[i]:.2f}"
+        text_left, text_top, text_right, text_bottom = font.getbbox(text)
+        padding = max(1, int(LABEL_PADDING_FRACTION * (text_bottom - text_top) + 0.5))
+        label_width = text_right - text_left + 2 * padding
+        label_height = text_bottom - text_top + 2 * padding
+        box_left, box_top = edges[0], edges[1]
+        top = box_top - label_height if box_top - label_height >= 0 else box_top
+        top = max(0, min(top, height - label_height))
+        left = max(0, min(box_left, width - label_width))
+        top = _free_top(
+            left, top, label_width, label_height, height, [label.rect for label in placed]
+        )
+        rect = (left, top, left + label_width - 1, top + label_height - 1)
+        origin = (left + padding - text_left, top + padding - text_top)
+        placed.append(PlacedLabel(int(i), text, rect, origin))
+    return placed[::-1]
+
+
+def rects_overlap(a: Rect, b: Rect) -> bool:
+    """Whether two inclusive pixel rectangles share a pixel."""
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def save_annotated(
@@ -187,30 +239,59 @@ def _pixel_edges(box: np.ndarray, width: int, height: int) -> tuple[int, int, in
     return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
 
 
-def _draw_label(
-    draw: ImageDraw.ImageDraw,
-    image_size: tuple[int, int],
-    text: str,
-    edges: tuple[int, int, int, int],
-    colour: Colour,
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-) -> None:
-    """Filled label above the box's top-left corner, moved inside the image if needed."""
-    image_width, image_height = image_size
-    text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
-    padding = max(1, int(LABEL_PADDING_FRACTION * (text_bottom - text_top) + 0.5))
-    label_width = text_right - text_left + 2 * padding
-    label_height = text_bottom - text_top + 2 * padding
-    box_left, box_top = edges[0], edges[1]
-    top = box_top - label_height if box_top - label_height >= 0 else box_top
-    top = max(0, min(top, image_height - label_height))
-    left = max(0, min(box_left, image_width - label_width))
-    draw.rectangle(
-        (left, top, left + label_width - 1, top + label_height - 1), fill=colour, outline=colour
-    )
-    draw.text(
-        (left + padding - text_left, top + padding - text_top),
-        text,
-        fill=text_colour(colour),
-        font=font,
-    )
+def _flat_ids(class_ids: np.ndarray) -> np.ndarray:
+    """``class_ids`` as a flat array."""
+    return np.asarray(class_ids).reshape(-1)
+
+
+def _visible_boxes(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, width: int, height: int
+) -> list[tuple[int, Rect]]:
+    """``(index, pixel edges)`` of each box drawn on a ``width x height`` image, lowest score
+    first; boxes wholly outside the image or with non-finite coordinates are left out."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    class_ids = _flat_ids(class_ids)
+    if not len(boxes) == len(scores) == len(class_ids):
+        raise ValueError(
+            f"boxes, scores and class_ids differ in length: "
+            f"{len(boxes)}, {len(scores)}, {len(class_ids)}"
+        )
+    out = []
+    for i in np.argsort(scores, kind="stable"):
+        if np.isfinite(boxes[i]).all():
+            edges = _pixel_edges(boxes[i], width, height)
+            if edges is not None:
+                out.append((int(i), edges))
+    return out
+
+
+def _free_top(
+    left: int,
+    preferred: int,
+    label_width: int,
+    label_height: int,
+    image_height: int,
+    taken: list[Rect],
+) -> int:
+    """The top of a label at ``left`` nearest to ``preferred`` (above on a tie) where it lies
+    inside the image and overlaps none of the ``taken`` rectangles; ``preferred`` when there
+    is no such place.
+
+    The nearest free place is ``preferred`` itself, an edge of the image, or just above or
+    below a taken rectangle in the label's columns: only those are tried.
+    """
+    right = left + label_width - 1
+    candidates = {preferred, 0, image_height - label_height}
+    for rect in taken:
+        if rect[0] <= right and left <= rect[2]:
+            candidates.update((rect[1] - label_height, rect[3] + 1))
+    free = [
+        top
+        for top in candidates
+        if 0 <= top <= image_height - label_height
+        and not any(rects_overlap((left, top, right, top + label_height - 1), r) for r in taken)
+    ]
+    if not free:
+        return preferred
+    return min(free, key=lambda top: (abs(top - preferred), top > preferred))

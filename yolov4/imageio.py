@@ -25,6 +25,7 @@ gets its buffer allocated. Pillow's global settings (``Image.MAX_IMAGE_PIXELS``,
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import math
@@ -57,6 +58,7 @@ SUPPORTED_FORMATS: tuple[str, ...] = (
     "PPM",  # PBM / PGM / PPM / PFM
     "JPEG2000",
     "AVIF",  # only where Pillow was built with it
+    "HEIF",  # HEIC / HEIF photos, through pillow-heif's plugin (:func:`_register_plugins`)
 )
 """Pillow format names tried when decoding, in order.
 
@@ -100,6 +102,9 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"II*\x00", 0, "TIFF"),
     (b"MM\x00*", 0, "TIFF"),
     (b"WEBP", 8, "WEBP"),
+    (b"ftypheic", 4, "HEIF"),
+    (b"ftypheix", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
 )
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -438,7 +443,24 @@ def _open(fp: io.BytesIO, prefix: bytes) -> Image.Image:
 
 def _available_formats() -> tuple[str, ...]:
     Image.init()
+    _register_plugins()
     return tuple(name for name in SUPPORTED_FORMATS if name in Image.OPEN)
+
+
+@functools.cache
+def _register_plugins() -> None:
+    """Register pillow-heif's HEIF opener with Pillow, once per process: at this module's
+    import, so that whatever opens images with :data:`SUPPORTED_FORMATS` (the decoders here, a
+    header read for the memory a decode takes) finds every one of them. libheif applies
+    a HEIF's own rotation and mirroring and pillow-heif sets the EXIF orientation to 1, so
+    orienting the image as for any other format does not turn it twice. Without pillow-heif,
+    HEIF files are not recognised (``decode: not a recognised image format``)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # pragma: no cover - a dependency; absent only in a partial install
+        logger.warning("pillow-heif is not installed: HEIC/HEIF images cannot be decoded")
+        return
+    register_heif_opener()
 
 
 def _open_without_limit(fp: io.BytesIO, formats: tuple[str, ...]) -> Image.Image | None:
@@ -637,3 +659,6 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
 def _owned_copy(array: np.ndarray) -> np.ndarray:
     """A new C-contiguous, writable ``uint8`` array that shares no memory with ``array``."""
     return np.array(array, dtype=np.uint8, order="C", copy=True)
+
+
+_register_plugins()

@@ -19,6 +19,7 @@ from typing import Any
 from yolov4.coco import COCO_CLASS_NAMES
 from yolov4.errors import YoloError
 from yolov4.hub import RemoteFile, UrlSource, WheelSource, fetch
+from yolov4.suggest import did_you_mean
 
 _DARKNET_RELEASES = "https://github.com/AlexeyAB/darknet/releases/download"
 _DARKNET_SOURCE = "AlexeyAB/darknet (Bochkovskiy, Wang, Liao: YOLOv4, arXiv:2004.10934)"
@@ -143,14 +144,17 @@ def get_pretrained(name: str) -> PretrainedModel:
     Also accepts the enum member's name, e.g. ``YOLOV4_TINY_COCO``.
 
     Raises:
-        YoloError: ``name`` is not registered; the message lists the valid names.
+        YoloError: ``name`` is not registered; the message offers the closest name and lists
+            the valid names.
     """
     wanted = name.strip().lower()
     for member in Pretrained:
         if wanted in (member.value.name.lower(), member.name.lower()):
             return member.value
+    names = pretrained_names()
     raise YoloError(
-        f"unknown pretrained model {name!r}; choose one of: {', '.join(pretrained_names())}"
+        f"unknown pretrained model {name!r}; {did_you_mean(wanted, names)}"
+        f"choose one of: {', '.join(names)}"
     )
 
 

@@ -12,13 +12,13 @@ import torch
 from pipeline.worker.decode_modes import DECODE_AUTO, DECODE_GPU, DECODE_MODES
 from pipeline.worker.model_spec import DEFAULT_MODEL
 from pipeline.worker.tasks import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_THREADS
+from yolov4 import devices
 from yolov4.detector import PRECISIONS
 
 STAGE_DECODE = "decode"
 STAGE_MODEL = "model"
 STAGE_E2E = "e2e"
 STAGES = (STAGE_DECODE, STAGE_MODEL, STAGE_E2E)
-DEVICES = ("cpu", "cuda")
 
 DEFAULT_IMAGES = 256
 DEFAULT_IMAGE_SIZE = (1280, 720)
@@ -141,25 +141,9 @@ def _check_choices(option: str, values: Sequence[str], choices: Sequence[str]) -
 
 
 def check_device(device: str) -> torch.device:
-    """The torch device for ``device``; a clear error where it cannot be used."""
+    """The torch device for ``device`` (:func:`yolov4.devices.check_device`); a
+    :class:`BenchError` saying what to use where it cannot be used here."""
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise BenchError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if parsed.type not in DEVICES:
-        raise BenchError(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
-            raise BenchError(
-                f"--device {device}: CUDA is not available here (PyTorch {torch.__version__}, "
-                f"{build}); run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, "
-                "or use --device cpu"
-            )
-        index = parsed.index or 0
-        if index >= torch.cuda.device_count():
-            raise BenchError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-        parsed = torch.device("cuda", index)
-    return parsed
+        return devices.check_device(device, option="--device")
+    except devices.DeviceError as exc:
+        raise BenchError(str(exc)) from None

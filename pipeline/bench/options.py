@@ -131,7 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SHARD_SIZE,
         help=f"images per end-to-end shard, rounded up to whole batches ({DEFAULT_SHARD_SIZE})",
     )
-    data.add_argument("--seed", type=int, default=DEFAULT_SEED, help=argparse.SUPPRESS)
+    data.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed of the generated JPEGs, for repeatable figures ({DEFAULT_SEED})",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -30,6 +31,49 @@ from pipeline.errors import (
 )
 from pipeline.store.storage import StorageError
 from yolov4.errors import YoloError
+
+#: The distribution whose version ``--version`` prints.
+DISTRIBUTION = "yolo-batch"
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = "more log output (-vv: debug); before or after the command"
+#: Where a ``-v`` given after the command counts (added to the one before it in :func:`main`).
+SUBCOMMAND_VERBOSE = "verbose_after_command"
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of ``yolo-batch`` and, through ``add_subparsers``, of every subcommand:
+    options must be spelled out in full (``--sourc`` is no ``--source``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """A usage mistake as one line (argparse's default prints the whole usage first),
+        pointing at the command's help; exits 2 (:func:`main` makes it 1)."""
+        self.exit(2, f"yolo-batch: error: {message}; see {self.prog} --help\n")
+
+
+class SubcommandParser(CliParser):
+    """A subcommand's parser: also takes ``-v``, so it works after the command too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            *VERBOSE_FLAGS,
+            action="count",
+            dest=SUBCOMMAND_VERBOSE,
+            default=argparse.SUPPRESS,
+            help=VERBOSE_HELP,
+        )
+
+
+def version() -> str:
+    """This installation's version (``unknown`` when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,12 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         weights_cmd,
     )
 
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="yolo-batch",
         description="YOLOv4 object detection over large image collections.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(*VERBOSE_FLAGS, action="count", default=0, help=VERBOSE_HELP)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=SubcommandParser
+    )
     subparsers.required = True
     for module in (
         detect_cmd,
@@ -85,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors; the contract says 1
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         return EXIT_USAGE if code == 2 else code
+    args.verbose += vars(args).pop(SUBCOMMAND_VERBOSE, 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level,

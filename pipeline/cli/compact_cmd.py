@@ -8,9 +8,15 @@ import argparse
 from pipeline.cli.maintenance_lease import show_progress, under_lease
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.errors import EXIT_OK
+from pipeline.results.query import no_runs_error
 from pipeline.store import maintenance
 from pipeline.store.committed import open_tables
-from pipeline.store.layout import DETECTIONS_TABLE, IMAGES_TABLE, TOMBSTONES_TABLE
+from pipeline.store.layout import (
+    DETECTIONS_TABLE,
+    IMAGES_TABLE,
+    TOMBSTONES_TABLE,
+    OutputLayout,
+)
 from pipeline.store.ledger import Ledger
 from pipeline.store.storage import storage_for
 from pipeline.store.uris import normalize
@@ -50,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
     output = normalize(args.output)
     s3 = s3_options(args)
     storage = storage_for(output, s3)
+    # The runs first: a store that fails (credentials, endpoint, bucket) fails here at once.
+    run_ids = Ledger(storage, OutputLayout(output)).run_ids()
     tables = open_tables(output, s3)  # refuses an output of an earlier version
     if not tables.exists():
+        if not run_ids:
+            raise no_runs_error(output)
         print(f"{output} has no results tables yet: nothing to compact")
         return EXIT_OK
     show_progress(maintenance.__name__)
-    run_ids = Ledger(storage, tables.layout).run_ids()
     report = under_lease(
         storage,
         output,

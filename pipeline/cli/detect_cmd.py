@@ -2,7 +2,9 @@
 write annotated copies.
 
 An image that cannot be read is reported on stderr and skipped; the others are still
-processed, and the exit code is 1 if any image failed.
+processed, and the exit code is 1 if any image failed. Annotated copies never replace an input:
+an ``--out`` whose copy of an image would be written over one of the input files (the same file,
+by whatever path) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pipeline.run.config import RunConfig
 from pipeline.worker.model_spec import DEFAULT_MODEL
 from pipeline.worker.tasks import DEFAULT_BATCH_SIZE
 from yolov4.detector import Detection, Detector
+from yolov4.devices import check_device
 from yolov4.draw import save_annotated
 from yolov4.errors import ImageDecodeError, YoloError
 from yolov4.imageio import read_image
@@ -55,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_detector(args: argparse.Namespace) -> Detector:
     """The detector the options describe (local files only)."""
+    check_device(args.device, option="--device")  # before any weights are read or fetched
     options = dict(
         device=args.device,
         precision=precision(args, RunConfig.precision),
@@ -86,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             reason = f"file not found: {path}" if isinstance(exc, FileNotFoundError) else exc
             print(f"yolo-batch: error: {path}: {reason}", file=sys.stderr)
+    targets = annotated_paths(args.out, [path for path, _ in loaded]) if args.out else []
+    refuse_overwriting_inputs(targets, paths)
     results = detector.detect([image for _, image in loaded], batch_size=args.batch_size)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        _write_annotated(args.out, loaded, results, detector.class_names)
+        _write_annotated(targets, loaded, results, detector.class_names)
     if args.json:
         print(
             json.dumps(
@@ -99,7 +105,55 @@ def run(args: argparse.Namespace) -> int:
     else:
         for (path, image), detections in zip(loaded, results):
             print(_as_table(path, image, detections))
+    if args.out:
+        # After the results; on stderr with --json, so that stdout stays one JSON document.
+        plural = "" if len(targets) == 1 else "s"
+        print(
+            f"wrote {len(targets)} annotated image{plural} to {args.out}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def annotated_paths(out_dir: Path, paths: list[Path]) -> list[Path]:
+    """Where the annotated copy of each of ``paths`` goes in ``out_dir``: the input's file
+    name, ``.jpg`` unless it ends in a suffix it can be saved as, ``-2``, ``-3``… added when
+    inputs from different folders share a name."""
+    used: set[str] = set()
+    out = []
+    for path in paths:
+        suffix = path.suffix.lower() if path.suffix.lower() in ANNOTATED_SUFFIXES else ".jpg"
+        name, counter = f"{path.stem}{suffix}", 1
+        while name in used:
+            counter += 1
+            name = f"{path.stem}-{counter}{suffix}"
+        used.add(name)
+        out.append(out_dir / name)
+    return out
+
+
+def refuse_overwriting_inputs(targets: list[Path], inputs: list[Path]) -> None:
+    """Raise :class:`YoloError` if any of ``targets`` is one of the ``inputs`` files, by any
+    path (a symbolic link, ``..``, a hard link: the same device and inode)."""
+    identities = {}
+    for path in inputs:
+        try:
+            stat = path.stat()
+        except OSError:  # unreadable inputs were reported and skipped
+            continue
+        identities[(stat.st_dev, stat.st_ino)] = path
+    for target in targets:
+        try:
+            stat = target.stat()
+        except OSError:  # nothing there yet: nothing to overwrite
+            continue
+        same = identities.get((stat.st_dev, stat.st_ino))
+        if same is not None:
+            copy = "" if str(target) == str(same) else f" {target}"
+            raise YoloError(
+                f"--out {target.parent} would write the annotated copy{copy} over the input "
+                f"{same}; give --out a folder that holds none of the input images"
+            )
 
 
 def _as_table(path: Path, image: np.ndarray, detections: list[Detection]) -> str:
@@ -133,17 +187,10 @@ def _as_json(path: Path, image: np.ndarray, detections: list[Detection]) -> dict
     }
 
 
-def _write_annotated(out_dir: Path, loaded, results, class_names) -> None:
-    used: set[str] = set()
-    for (path, image), detections in zip(loaded, results):
-        suffix = path.suffix.lower() if path.suffix.lower() in ANNOTATED_SUFFIXES else ".jpg"
-        name, counter = f"{path.stem}{suffix}", 1
-        while name in used:  # two inputs with the same file name from different folders
-            counter += 1
-            name = f"{path.stem}-{counter}{suffix}"
-        used.add(name)
+def _write_annotated(targets: list[Path], loaded, results, class_names) -> None:
+    for target, (_, image), detections in zip(targets, loaded, results):
         save_annotated(
-            out_dir / name,
+            target,
             image,
             np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4),
             np.array([d.score for d in detections], dtype=np.float32),

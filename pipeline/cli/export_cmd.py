@@ -24,7 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("output", help="the results (s3://bucket/prefix or folder)")
-    parser.add_argument("--format", required=True, choices=FORMATS, dest="export_format")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        dest="export_format",
+        help=f"what to write: {', '.join(FORMATS)} (see above)",
+    )
     parser.add_argument(
         "--dest", required=True, help="file (coco, labelstudio) or folder (yolo); local or s3://"
     )

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.run.jobspec import JobSpec, load_spec
-from pipeline.run.settings import SETTINGS
+from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.run.jobspec import JobSpec, JobSpecError, load_spec
+from pipeline.run.settings import AUTO_GPUS_PER_ACTOR, GPUS_AUTO, SETTINGS
 from pipeline.run.settings import run_argv as settings_argv
+from yolov4.errors import YoloError
 
 #: The templates: package data (pipeline/cli/templates), so an installed yolo-batch has them.
 TEMPLATES_DIR = resources.files("pipeline.cli") / "templates"
@@ -96,9 +98,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def validate_cmd(args: argparse.Namespace) -> int:
+    """Check every spec given and report every mistake of each, one line per mistake on
+    stderr; exit 1 if any spec has one."""
+    failed = False
     for path in args.specs:
-        spec = load_spec(path)
-        spec.run_config()
+        try:
+            spec = load_spec(path)
+            spec.run_config()
+        except JobSpecError as exc:
+            problems = exc.problems
+        except (ValueError, YoloError) as exc:
+            problems = (f"job spec {path}: {exc}",)
+        else:
+            problems = ()
+        if problems:
+            failed = True
+            for problem in problems:
+                print(f"yolo-batch: error: {' '.join(problem.split())}", file=sys.stderr)
+            continue
         when = (
             f"schedule '{spec.schedule.cron}' ({spec.schedule.timezone})"
             if spec.schedule
@@ -106,7 +123,7 @@ def validate_cmd(args: argparse.Namespace) -> int:
         )
         mode = "incremental" if spec.incremental else "full"
         print(f"{path}: ok: job {spec.name}, {spec.source} -> {spec.output}, {mode}, {when}")
-    return 0
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 # --------------------------------------------------------------------------- the run command
@@ -248,8 +265,11 @@ def _fill_rayjob(job: dict, spec: JobSpec, *, image, worker_image, service_accou
             if worker_image:
                 container["image"] = worker_image
         gpus = float(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-        if config.actors and config.gpus_per_actor and gpus:
-            needed = int(config.actors * config.gpus_per_actor)
+        per_actor = config.gpus_per_actor
+        if per_actor == GPUS_AUTO:  # the workers have GPUs: auto gives each actor one
+            per_actor = AUTO_GPUS_PER_ACTOR
+        if config.actors and per_actor and gpus:
+            needed = int(config.actors * per_actor)
             group["maxReplicas"] = max(1, -(-needed // int(gpus)))
 
 

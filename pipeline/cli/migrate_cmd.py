@@ -8,6 +8,7 @@ import argparse
 from pipeline.cli.maintenance_lease import show_progress, under_lease
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
 from pipeline.errors import EXIT_OK
+from pipeline.results.query import no_runs_error
 from pipeline.store import migrate
 from pipeline.store.storage import storage_for
 from pipeline.store.tables import ResultTables
@@ -41,9 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if not state.pending:
         if state.images_table:
             print(f"{output} is already current (Delta tables, no commit markers): nothing to do")
-        else:
-            print(f"{output} holds no results of an earlier yolo-batch: nothing to migrate")
-        return EXIT_OK
+            return EXIT_OK
+        raise no_runs_error(output)
     show_progress(migrate.__name__)
     report = under_lease(
         storage,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.run.config import ModelChoice, check_model_choice
 from pipeline.run.settings import INFERENCE_SETTINGS, add_arguments, given_settings, with_values
 from pipeline.worker.model_spec import DEFAULT_MODEL, DetectorOptions
 from yolov4.pretrained import pretrained_names
@@ -34,8 +35,13 @@ def inference_settings(args: argparse.Namespace) -> dict:
 
 
 def detector_options(args: argparse.Namespace) -> DetectorOptions:
-    """The model's inference options the parsed options describe (defaults where not given)."""
+    """The model's inference options the parsed options describe (defaults where not given).
+
+    Refuses an unknown ``--model``, and ``--classes`` the pretrained model does not have, with
+    the closest valid name (:func:`~pipeline.run.config.check_model_choice`)."""
     given = inference_settings(args)
+    model = ModelChoice(args.model, args.cfg, args.weights, args.names)
+    check_model_choice(model, given.get(DETECTOR_PREFIX + "classes"))
     return with_values(
         DetectorOptions(),
         {

@@ -18,12 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run SQL (DuckDB dialect) over a run output's committed results. Views: "
             "detections and images (latest result per image), all_detections and all_images "
-            "(every run), runs."
+            "(every run), tombstones, runs. The SQL reads these views only: it cannot read or "
+            "write files, reach URLs, load extensions or change settings."
         ),
     )
     parser.add_argument("output", help="the results (s3://bucket/prefix or folder)")
     parser.add_argument("sql", help='e.g. "SELECT class_name, count(*) FROM detections GROUP BY 1"')
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="how the result prints: table, csv or json (default %(default)s)",
+    )
     add_s3_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 
 from pipeline.cli.model_options import add_model_arguments
+from pipeline.cli.s3_options import s3_options
 from pipeline.run.config import ModelChoice, RunConfig
 from pipeline.run.jobspec import load_spec
+from pipeline.run.recorded_config import recorded_config
 from pipeline.run.settings import (
     GROUP_DATA,
     INFERENCE_SETTINGS,
@@ -23,11 +26,16 @@ from pipeline.run.settings import (
     given_settings,
     with_values,
 )
+from pipeline.store.ledger import RUN_INTERRUPTED
 
 #: The settings ``run`` takes as options besides the model's (which add_model_arguments adds):
 #: the data first, then resources, object storage and Ray.
 DATA_SETTINGS = tuple(s for s in SETTINGS if s.group == GROUP_DATA)
 OTHER_SETTINGS = tuple(s for s in SETTINGS if s not in (*DATA_SETTINGS, *INFERENCE_SETTINGS))
+#: The tables a run writes under its output.
+RESULT_TABLES = ("detections", "images")
+#: The query ``run`` suggests once it is done.
+EXAMPLE_QUERY = "SELECT class_name, count(*) FROM detections GROUP BY 1 ORDER BY 2 DESC"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,22 +60,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="?",
         const="latest",
         metavar="RUN_ID",
-        help="continue an interrupted run (the latest, or RUN_ID): committed shards are skipped",
+        help="continue an interrupted run (the latest, or RUN_ID) with the source and settings "
+        "it started with (--output is enough; options given override them): committed shards "
+        "are skipped",
     )
     add_arguments(parser, DATA_SETTINGS)
     add_model_arguments(parser)
     add_arguments(parser, OTHER_SETTINGS)
-    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=(
+            "progress lines in the log (every 60 s, YOLO_BATCH_PROGRESS_INTERVAL_S, and at each "
+            "change of state) instead of a bar; also when stderr is not a terminal"
+        ),
+    )
     parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run's settings: the job spec's (if given) with the explicit options on top, else the
-    options with RunConfig's defaults. Options not given are ``None`` and leave the spec's
-    value (or the default) as it is."""
+    """The run's settings: the job spec's (if given) with the explicit options on top; for
+    ``--resume`` without a spec, the resumed run's recorded settings with the explicit options
+    on top; else the options with RunConfig's defaults. Options not given are ``None`` and
+    leave the spec's (or record's) value, or the default, as it is."""
     given = given_settings(args, SETTINGS)
+    resume_id = None if args.resume in (None, "latest") else args.resume
     if args.spec:
         base = load_spec(args.spec).run_config()
+    elif args.resume is not None:
+        if "output" not in given:
+            raise ValueError(
+                "--output missing: give the output of the run to resume "
+                "(yolo-batch run --output URI --resume [RUN_ID])"
+            )
+        base = recorded_config(given["output"], resume_id, s3_options(args))
     else:
         missing = [f"--{name}" for name in ("source", "output") if name not in given]
         if missing:
@@ -76,8 +102,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 "(yolo-batch run jobs/NAME.yaml)"
             )
         base = RunConfig(source=given["source"], output=given["output"])
-    resume_id = None if args.resume in (None, "latest") else args.resume
-    return with_values(
+    config = with_values(
         base,
         {
             **given,
@@ -86,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             "run_id": resume_id,
         },
     )
+    config.validate(from_spec=bool(args.spec))
+    return config
 
 
 def _model_choice(base: ModelChoice, args: argparse.Namespace) -> ModelChoice:
@@ -110,9 +137,25 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {outcome.note}" if outcome.note else "")
     )
     if p.shards_failed:
-        what = str(args.spec) if args.spec else f"--source {config.source} --output {config.output}"
+        output = f"--output {shlex.quote(config.output)}"
+        what = shlex.quote(str(args.spec)) if args.spec else output
         print(
             f"retry the failed shards with: yolo-batch run {what} --resume {outcome.run_id}",
             file=sys.stderr,
         )
+    _print_where_next(config.output, outcome.run_id, p.state)
     return outcome.exit_code
+
+
+def _print_where_next(output: str, run_id: str, state: str) -> None:
+    """Where the results are and what to run next (on stderr: stdout holds the run's line)."""
+    out = shlex.quote(output)
+    print(f"results: {output} (tables {', '.join(RESULT_TABLES)})", file=sys.stderr)
+    if state == RUN_INTERRUPTED:  # stopped by Ctrl-C or SIGTERM: resume it
+        steps = [f"yolo-batch run --output {out} --resume {run_id}"]
+    else:
+        steps = [
+            f"yolo-batch status {out}",
+            f"yolo-batch query {out} {shlex.quote(EXAMPLE_QUERY)}",
+        ]
+    print("next: " + " · ".join(steps), file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The object-storage options every command that reads or writes S3 shares (``--endpoint-url``,
-``--region``, ``--s3-read-timeout``, ``--s3-max-attempts``), from the run settings' schema."""
+"""The object-storage options every command that reads or writes S3 shares (``--profile``,
+``--endpoint-url``, ``--region``, ``--s3-read-timeout``, ``--s3-max-attempts``), from the run
+settings' schema."""
 
 from __future__ import annotations
 

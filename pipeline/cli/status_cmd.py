@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from dataclasses import asdict
 
 from pipeline.cli.s3_options import add_s3_arguments, s3_options
+from pipeline.results.query import no_runs_error
 from pipeline.run.lease import read_lease
 from pipeline.store.committed import open_tables
 from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
+from pipeline.store.sources import skipped_summary
 from pipeline.store.storage import storage_for
 from pipeline.store.uris import normalize
-from yolov4.errors import YoloError
 
 #: A running run whose status file is older than this is reported as possibly dead.
 STALE_AFTER_S = 120.0
@@ -40,7 +42,7 @@ def collect_status(output: str, run_id: str | None, s3: S3Options) -> dict:
     ledger = Ledger(storage, layout)
     run_id = run_id or ledger.latest_run_id()
     if run_id is None:
-        raise YoloError(f"no runs under {output}; start one with yolo-batch run")
+        raise no_runs_error(output)
     record = json.loads(ledger.read_run(run_id).to_json())
     try:
         live = json.loads(storage.read_bytes(layout.status))
@@ -95,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
             f"duplicates {duplicates:,} URIs listed again in the source were skipped (the "
             "first listing of each is processed)"
         )
+    skipped = status.get("skipped_by_extension") or {}
+    if skipped:
+        print(f"skipped    {skipped_summary(skipped)}; add them with --extensions")
     print(f"detections {live.get('detections', log['detections']):,}")
     print(
         f"shards     {live.get('shards_committed', log['shards_committed'])} of "
@@ -126,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if status["status"] == "running" and quiet_for > STALE_AFTER_S:
         print(
             f"warning    no progress for {quiet_for:.0f} s: the driver may have stopped; "
-            f"continue with yolo-batch run ... --resume {status['run_id']}"
+            f"continue with yolo-batch run --output {shlex.quote(args.output)} "
+            f"--resume {status['run_id']}"
         )
     if status.get("message"):
         print(f"note       {status['message']}")

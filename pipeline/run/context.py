@@ -15,7 +15,7 @@ from pipeline.run.config import RunConfig
 from pipeline.run.lease import Lease
 from pipeline.store.layout import OutputLayout
 from pipeline.store.ledger import Ledger
-from pipeline.store.sources import Source, open_source
+from pipeline.store.sources import Source, open_source, source_extensions
 from pipeline.store.storage import Storage, storage_for
 from pipeline.store.tables import ResultTables
 from pipeline.store.uris import normalize
@@ -54,7 +54,9 @@ class RunContext:
         storage = storage_for(output_uri, config.s3)
         layout = OutputLayout(output_uri)
         try:
-            source = open_source(source_uri, config.s3)
+            source = open_source(
+                source_uri, config.s3, extensions=source_extensions(config.extensions)
+            )
         except (ValueError, FileNotFoundError) as exc:
             raise RunError(f"cannot use the source {source_uri}: {exc}") from None
         return cls(

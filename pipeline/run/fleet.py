@@ -13,6 +13,11 @@ What happens to a slot, and when the run gives up instead:
 - Its actor **fails shards** (task errors) :data:`MAX_ACTOR_SHARD_FAILURES` times in a row while
   other actors finish theirs: it is taken for broken (a GPU in a sticky CUDA error state) and
   replaced.
+- No node **can ever take** an actor (GPUs asked of a local Ray without any, or of a cluster
+  whose nodes and autoscaler's node types have none): the run stops at once, before any actor
+  starts, saying what each actor asks for and what the largest node has
+  (:func:`~pipeline.run.actors.placement_problem`). Where nodes of unknown kinds may still join
+  (an autoscaler that does not report its node types), the actors wait as below.
 - Its actor **cannot start** (it fails to load the model, or cannot be placed within
   ``--actor-start-timeout``): the slot rests while other actors work, and tries a new actor
   after the rest, :data:`SLOT_REST_S` at first, doubling up to :data:`SLOT_REST_MAX_S`, for as
@@ -34,10 +39,10 @@ import ray
 import ray.exceptions
 
 from pipeline.errors import RunError
-from pipeline.run.actors import actor_config, actor_options, resources_text
+from pipeline.run.actors import actor_config, actor_options, placement_problem, resources_text
 from pipeline.run.config import RunConfig
 from pipeline.run.progress import RunProgress
-from pipeline.run.ray_cluster import kill_actor, one_line
+from pipeline.run.ray_cluster import autoscaler_node_types, joins_cluster, kill_actor, one_line
 from pipeline.store.ledger import RUN_RUNNING
 from pipeline.worker.model_spec import ModelSpec
 from pipeline.worker.remote import DetectorActor
@@ -134,11 +139,32 @@ class ActorFleet:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, size: int) -> None:
-        """Launch ``size`` actors; each takes work once :meth:`on_ready` saw it ready."""
+        """Launch ``size`` actors; each takes work once :meth:`on_ready` saw it ready.
+
+        Raises :class:`RunError` at once when no node of the cluster can ever take one
+        (:meth:`check_placeable`)."""
+        self.check_placeable()
+        logger.info("starting %d actor(s), each with %s", size, resources_text(self.options))
         self.started_at = time.monotonic()
         self.slots = [Slot(i) for i in range(size)]
         for slot in self.slots:
             self.launch(slot)
+
+    def check_placeable(self) -> None:
+        """Raise :class:`RunError` when no node of the cluster, now or as its autoscaler may add
+        them, has the resources an actor asks for: a local Ray is this machine alone, and a
+        cluster whose autoscaler reported its node types can grow only into those. Where nodes
+        of unknown kinds may still join, a warning: the actors wait up to
+        ``--actor-start-timeout``."""
+        node_types = autoscaler_node_types()
+        may_grow = joins_cluster(self.config) and node_types is None
+        problem = placement_problem(self.options, ray.nodes(), node_types, may_grow=may_grow)
+        if problem is None:
+            return
+        if may_grow:
+            logger.warning("%s", problem)
+            return
+        raise RunError(problem)
 
     def stop(self) -> None:
         """Kill every actor (their in-flight shards stay uncommitted)."""
@@ -178,6 +204,7 @@ class ActorFleet:
             self._could_not_load(slot, one_line(exc))
             return
         logger.info("actor %d ready: %s", slot.index, info)
+        self.progress.note_work_started()
         self._count_live()
         if self.progress.state != RUN_RUNNING:
             self.progress.state = RUN_RUNNING

@@ -16,10 +16,16 @@ tens of millions of Python objects:
    listing order, into the plan writer, which holds one shard at a time.
 
 What counts as earlier state: committed ``images`` rows of earlier runs of the *same source*
-(a run over another source says nothing about this one). Per listed object:
+(a run over another source says nothing about this one). Which earlier runs used other model
+settings is decided once per run, from the run records (:func:`outdated_runs`), not per image:
+the delta only carries, per URI, whether its latest row's run is one of them. Per listed
+object:
 
 - ``new``: no earlier row; ``changed``: its ETag differs from the latest row's (always
-  processed again);
+  processed again), or the latest row is an ``ok`` row of a run with other model settings
+  (another model, weights, class names, input size, thresholds, NMS, resize mode, class filter
+  or detection cap: :meth:`~pipeline.worker.model_spec.ModelSpec.fingerprint`, which a resume
+  must match too), so the views show this run's settings' detections for every image;
 - ``retried``: same ETag, but the latest row is an error that may not recur (``not found``,
   ``fetch: ...``, ``too large: ...``, a cancelled decode); a ``decode: ...`` error of the same
   bytes is permanent and not retried;
@@ -50,10 +56,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.run.plan import PlannedObject
+from pipeline.run.records import settings_changes
 from pipeline.store.committed import local_files, parquet_view, register_tables, table_files
 from pipeline.store.layout import IMAGES_TABLE, TOMBSTONES_TABLE, OutputLayout
+from pipeline.store.ledger import RunRecord
 from pipeline.store.listing import Listing
 from pipeline.store.schema import PARQUET_COMPRESSION, TOMBSTONE_SCHEMA
+from pipeline.store.sources import SkippedFiles
 from pipeline.store.storage import Storage
 from pipeline.store.tables import ResultTables
 
@@ -128,6 +137,9 @@ class Delta:
     ``s3://`` URIs read through ``storage``); without them, the connection's ``all_images``
     view is read (an Arrow scan: fine for tests, unbounded in memory at scale).
 
+    ``outdated_runs``: those of ``earlier_runs`` that used other model settings
+    (:func:`outdated_runs`); their ``ok`` rows count as ``changed``.
+
     ``connection`` must have the view ``tombstones`` (``image_uri``, ``run_id``) registered,
     and ``all_images`` too when no ``earlier_files`` are given
     (:func:`pipeline.store.committed.register_tables` registers both).
@@ -142,6 +154,7 @@ class Delta:
         earlier_files: list[str] | None = None,
         storage: Storage | None = None,
         workdir: str | None = None,
+        outdated_runs: Iterable[str] = (),
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="yolo-batch-delta-", dir=workdir)
         self.con = connection
@@ -156,6 +169,9 @@ class Delta:
                 self._earlier_view = "earlier_images"
                 self._register_earlier(earlier_files, storage)
             self.con.register("earlier_runs", pa.table({"run_id": list(earlier_runs)}))
+            self.con.register(
+                "outdated_runs", pa.table({"run_id": pa.array(list(outdated_runs), pa.string())})
+            )
             self._prepare()
             if objects is not None:
                 self._result = self.classify(objects)
@@ -191,12 +207,14 @@ class Delta:
             """.replace("__EARLIER__", self._earlier_view)
         )
         # Less URIs whose latest event is a deletion (a later run's tombstone): a table, as
-        # every chunk is compared with it.
+        # every chunk is compared with it. ``outdated``: the latest row's run used other model
+        # settings (a join with the few runs, not a per-image comparison).
         self.con.execute(
             """
             CREATE TEMP TABLE previous AS
             SELECT e.image_uri, e.row.etag AS etag, e.row.status AS status,
-                   e.row.error AS error
+                   e.row.error AS error,
+                   e.run_id IN (SELECT run_id FROM outdated_runs) AS outdated
             FROM earlier e
             LEFT JOIN (
                 SELECT image_uri, max(run_id) AS run_id FROM tombstones
@@ -224,6 +242,7 @@ class Delta:
                     WHEN p.image_uri IS NULL THEN 'new'
                     WHEN p.etag IS DISTINCT FROM l.etag THEN 'changed'
                     WHEN p.status = 'error' AND NOT {PERMANENT_ERROR_SQL} THEN 'retried'
+                    WHEN p.outdated AND p.status <> 'error' THEN 'changed'
                     ELSE 'unchanged'
                 END AS kind
             FROM read_parquet('{_sql_text(path)}') l
@@ -322,8 +341,9 @@ class Delta:
 
 class DeltaListing(Listing):
     """The objects of ``listing`` that are new or changed since ``earlier_runs`` (committed
-    runs of the same source), as a :class:`~pipeline.store.listing.Listing` the planner cuts
-    into shards while the listing goes on. :attr:`counts` holds what the comparison found.
+    runs of the same source; ``outdated_runs``: those of them with other model settings), as a
+    :class:`~pipeline.store.listing.Listing` the planner cuts into shards while the listing
+    goes on. :attr:`counts` holds what the comparison found.
 
     The listing is compared in chunks (:data:`FIRST_CHUNK_OBJECTS`, growing up to
     :data:`MAX_CHUNK_OBJECTS`: the first shards are planned seconds after the earlier state is
@@ -347,10 +367,12 @@ class DeltaListing(Listing):
         storage: Storage,
         layout: OutputLayout,
         resume: dict | None = None,
+        outdated_runs: Iterable[str] = (),
     ) -> None:
         self.listing = listing
         self.tables = tables
         self.earlier_runs = earlier_runs
+        self.outdated_runs = list(outdated_runs)
         self.run_id = run_id
         self.storage = storage
         self.layout = layout
@@ -378,6 +400,7 @@ class DeltaListing(Listing):
             self.earlier_runs,
             earlier_files=table_files(tables, IMAGES_TABLE, self.earlier_runs),
             storage=self.storage,
+            outdated_runs=self.outdated_runs,
         ) as delta:
             logger.info(
                 "read the state of %d earlier run(s) in %.1f s",
@@ -463,11 +486,42 @@ class DeltaListing(Listing):
         return self.listing.duplicates
 
     @property
+    def skipped(self) -> SkippedFiles:
+        """Files of the source left out for their extension, before the comparison."""
+        return self.listing.skipped
+
+    @property
     def requests(self) -> int:
         return self.listing.requests
 
     def close(self) -> None:
         self.listing.close()
+
+
+def outdated_runs(earlier: Iterable[RunRecord], model: dict) -> list[str]:
+    """Ids of the ``earlier`` runs whose model settings differ from ``model`` (this run's
+    record's ``model``: :meth:`~pipeline.worker.model_spec.ModelSpec.fingerprint`), oldest
+    first; logged once, with what differs in the latest of them. Their images are processed
+    again."""
+    out: list[str] = []
+    last_changes: list[str] = []
+    for record in earlier:
+        try:
+            changes = settings_changes(record.model, model)
+        except (KeyError, TypeError, AttributeError):  # a record without a fingerprint
+            changes = ["model settings not recorded"]
+        if changes:
+            out.append(record.run_id)
+            last_changes = changes
+    if out:
+        logger.info(
+            "%d earlier run(s) used other model settings (run %s: %s): their images are "
+            "processed again",
+            len(out),
+            out[-1],
+            "; ".join(last_changes),
+        )
+    return out
 
 
 def _write_listing(objects: Iterable, path: str, *, start: int = 0) -> int:
@@ -512,4 +566,4 @@ def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
-__all__ = ["Delta", "DeltaCounts", "DeltaListing"]
+__all__ = ["Delta", "DeltaCounts", "DeltaListing", "outdated_runs"]

@@ -32,6 +32,7 @@ from pipeline.run.settings import (
     with_values,
 )
 from yolov4.pretrained import pretrained_names
+from yolov4.suggest import did_you_mean
 
 #: A job name is a DNS label short enough for the Kubernetes objects named after it (a CronJob
 #: name may have at most 52 characters, and rendering adds a suffix).
@@ -67,7 +68,12 @@ CREDENTIALS_FIX = (
 
 
 class JobSpecError(ValueError):
-    """A job spec that cannot run; the message names the field and the fix."""
+    """A job spec that cannot run. ``problems``: every mistake found, one sentence each naming
+    the field and the fix (each starting with ``where``); the message joins them."""
+
+    def __init__(self, *problems: str, where: str = "") -> None:
+        super().__init__(where + "; ".join(problems))
+        self.problems = tuple(where + problem for problem in problems)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class _Field:
 
     check: Callable[[Any], Any]
     required: bool = False
+    #: The command-line option of the same setting (``--batch-size``), if any.
+    option: str | None = None
 
 
 def _describe(value: Any) -> str:
@@ -190,7 +198,9 @@ def _build_schema(settings: tuple[Setting, ...]) -> dict[str, Any]:
         if setting.section is None:
             continue
         section = schema if setting.section == TOP_LEVEL else schema.setdefault(setting.section, {})
-        section[setting.name] = _Field(setting.check, required=setting.required)
+        section[setting.name] = _Field(
+            setting.check, required=setting.required, option=setting.option
+        )
     schema["schedule"] = {
         "cron": _Field(_cron, required=True),
         "timezone": _Field(_timezone),
@@ -239,10 +249,11 @@ def load_spec(path: str | Path) -> JobSpec:
         raise JobSpecError(f"job spec {path} not found; check the path") from exc
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise JobSpecError(f"job spec {path} is not a UTF-8 YAML file; give a .yaml file") from exc
+    where = f"job spec {path}: "
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except JobSpecError as exc:
-        raise JobSpecError(f"job spec {path}: {exc}") from None
+        raise JobSpecError(*exc.problems, where=where) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -253,18 +264,25 @@ def load_spec(path: str | Path) -> JobSpec:
     try:
         spec = parse_spec(data)
     except JobSpecError as exc:
-        raise JobSpecError(f"job spec {path}: {exc}") from None
+        raise JobSpecError(*exc.problems, where=where) from None
     return replace(spec, path=path.resolve())
 
 
 def parse_spec(data: Any) -> JobSpec:
-    """Validate a spec already parsed from YAML (a mapping) and build the :class:`JobSpec`."""
+    """Validate a spec already parsed from YAML (a mapping) and build the :class:`JobSpec`.
+
+    Every field is checked before anything is refused: the :class:`JobSpecError` lists each
+    mistake (a credential is refused at once, without looking further)."""
     if not isinstance(data, dict):
         raise JobSpecError(
             "a job spec is a YAML mapping with at least name, source and output; see jobs/README.md"
         )
     _refuse_credentials(data, "")
-    values = _check_section(data, SCHEMA, "")
+    problems: list[str] = []
+    values = _check_section(data, SCHEMA, "", problems)
+    model = _model(data.get("model"), problems)
+    if problems:
+        raise JobSpecError(*problems)
     schedule = None
     if "schedule" in values:
         sched = values["schedule"]
@@ -282,18 +300,18 @@ def parse_spec(data: Any) -> JobSpec:
         name=values["name"],
         source=values["source"],
         output=values["output"],
-        model=_model(data.get("model")),
+        model=model,
         settings=settings,
         schedule=schedule,
     )
 
 
-def _check_section(data: dict, schema: dict, prefix: str) -> dict[str, Any]:
-    """The checked values of one mapping; unknown keys, wrong types and missing required
-    fields raise :class:`JobSpecError` with the field path."""
+def _check_section(data: dict, schema: dict, prefix: str, problems: list[str]) -> dict[str, Any]:
+    """The checked values of one mapping; each unknown key, wrong type or value and missing
+    required field adds a sentence with its field path to ``problems``."""
     for key in data:
         if not isinstance(key, str) or key not in schema:
-            raise JobSpecError(_unknown_key(key, schema, prefix))
+            problems.append(_unknown_key(key, schema, prefix))
     out: dict[str, Any] = {}
     for key, rule in schema.items():
         where = prefix + key
@@ -302,24 +320,27 @@ def _check_section(data: dict, schema: dict, prefix: str) -> dict[str, Any]:
                 continue
             if not isinstance(data[key], dict):
                 keys = ", ".join(rule)
-                raise JobSpecError(
+                problems.append(
                     f"`{where}` must be a mapping with {keys}, got {_describe(data[key])}; "
                     "fix it in the spec"
                 )
-            out[key] = _check_section(data[key], rule, where + ".")
+                continue
+            out[key] = _check_section(data[key], rule, where + ".", problems)
             continue
         if rule is None:
             continue
         if key not in data or data[key] is None:
             if rule.required:
-                raise JobSpecError(f"`{where}` is missing; add it to the spec")
+                problems.append(f"`{where}` is missing; add it to the spec")
             continue
         try:
             out[key] = rule.check(data[key])
         except InvalidValueError as bad:
-            raise JobSpecError(
-                f"`{where}` must be {bad.accepted}, got {_describe(data[key])}; fix it in the spec"
-            ) from None
+            option = f" ({rule.option} on the command line)" if rule.option else ""
+            problems.append(
+                f"`{where}` must be {bad.accepted}, got {_describe(data[key])}; fix it in the "
+                f"spec{option}"
+            )
     return out
 
 
@@ -330,30 +351,36 @@ def _unknown_key(key: Any, schema: dict, prefix: str) -> str:
     return f"unknown field `{prefix}{key}`; {hint} (valid fields here: {', '.join(valid)})"
 
 
-def _model(value: Any) -> ModelChoice:
+def _model(value: Any, problems: list[str]) -> ModelChoice:
+    """The spec's model; each mistake adds a sentence to ``problems``."""
     if value is None:
         return ModelChoice()
     if isinstance(value, str):
         try:
             return ModelChoice(name=_pretrained(value))
         except InvalidValueError as bad:
-            raise JobSpecError(
-                f"`model` must be {bad.accepted}, got {_describe(value)}; fix it in the spec"
-            ) from None
+            hint = did_you_mean(value, pretrained_names())
+            problems.append(
+                f"`model` must be {bad.accepted}, got {_describe(value)}; {hint}fix it in the spec"
+            )
+            return ModelChoice()
     if not isinstance(value, dict):
-        raise JobSpecError(
+        problems.append(
             f"`model` must be a pretrained model name or a mapping with cfg, weights and names, "
             f"got {_describe(value)}; fix it in the spec"
         )
-    values = _check_section(value, MODEL_FIELDS, "model.")
+        return ModelChoice()
+    values = _check_section(value, MODEL_FIELDS, "model.", problems)
     if "name" in values and ({"cfg", "weights"} & values.keys()):
-        raise JobSpecError(
+        problems.append(
             "`model` has both a pretrained name and cfg/weights; keep either `model.name` or "
             "`model.cfg` + `model.weights`"
         )
+        return ModelChoice()
     if ("cfg" in values) != ("weights" in values):
         missing = "model.weights" if "cfg" in values else "model.cfg"
-        raise JobSpecError(f"`{missing}` is missing; a custom model needs both cfg and weights")
+        problems.append(f"`{missing}` is missing; a custom model needs both cfg and weights")
+        return ModelChoice()
     return ModelChoice(
         name=values.get("name"),
         cfg=values.get("cfg"),

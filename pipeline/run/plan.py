@@ -38,7 +38,8 @@ class PlannedObject:
 class PlanSummary:
     """A complete plan: ``num_shards`` shards holding ``num_images`` objects, the largest
     ``shard_size`` of them; ``duplicates``: entries of the source left out because their URI
-    was listed before (0 in plans written before it was counted)."""
+    was listed before (0 in plans written before it was counted); ``skipped``: files left out
+    for their extension, by extension (empty in plans written before they were counted)."""
 
     run_id: str
     source: str
@@ -46,6 +47,7 @@ class PlanSummary:
     num_shards: int
     num_images: int
     duplicates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ and only then offers those shards to the dispatcher (:meth:`Planner.take`). So:
 When the listing ends, the last checkpoint covers every shard and ``plan.json`` marks the
 plan complete (:func:`~pipeline.run.plan.write_plan_summary`). A manifest that lists a URI
 more than once is planned with its first listing only (:mod:`pipeline.store.listing`); the
-checkpoints and ``plan.json`` carry how many entries were left out (``duplicates``).
+checkpoints and ``plan.json`` carry how many entries were left out (``duplicates``);
+``plan.json`` also the files the source's extension filter left out, by extension.
 """
 
 from __future__ import annotations
@@ -214,15 +215,17 @@ class Planner:
                 self.shards_cut,
                 self.images_cut,
                 duplicates=self.duplicates,
+                skipped=self.listing.skipped.as_dict(),
             )
             self._fence()
             write_plan_summary(self.storage, self.layout, self.summary)
             logger.info(
-                "planned %d images in %d shards of up to %d%s",
+                "planned %d images in %d shards of up to %d%s%s",
                 self.images_cut,
                 self.shards_cut,
                 self.largest_shard,
                 f" ({self.duplicates} duplicate URIs skipped)" if self.duplicates else "",
+                f"; {self.listing.skipped.summary()}" if self.listing.skipped.total else "",
             )
             with self._cond:
                 self.finished = True

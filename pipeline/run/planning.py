@@ -16,13 +16,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.run.context import RunContext
-from pipeline.run.incremental import DeltaListing
+from pipeline.run.incremental import DeltaListing, outdated_runs
 from pipeline.run.plan import PlanSummary, read_checkpoint, read_plan_summary
 from pipeline.run.planner import Planner
 from pipeline.run.progress import ProgressReporter, RunProgress
 from pipeline.run.shard_sizing import ShardSizer
 from pipeline.store.ledger import Ledger, RunRecord
 from pipeline.store.listing import open_listing
+from pipeline.store.sources import skipped_summary
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,16 @@ def plan_run(
     if context.config.incremental:
         progress.state = "comparing with earlier runs"
         reporter.tick(force=True)
+        earlier = _earlier_runs(context.ledger, record.run_id, context.source_uri)
         listing = DeltaListing(
             listing,
             context.tables,
-            _earlier_runs(context.ledger, record.run_id, context.source_uri),
+            [run.run_id for run in earlier],
             run_id=record.run_id,
             storage=context.ledger.storage,
             layout=context.layout,
             resume=checkpoint.extra if checkpoint else None,
+            outdated_runs=outdated_runs(earlier, record.model),
         )
         extra = listing.counts_state
 
@@ -153,18 +156,29 @@ def finish_plan(
             record.message = f"nothing new or changed to process ({listing.counts.summary()})"
     record.num_shards, record.num_images = summary.num_shards, summary.num_images
     record.duplicates = summary.duplicates
-    if summary.num_images == 0 and not record.incremental:
+    record.skipped_by_extension = dict(summary.skipped)
+    listed_none = summary.num_images == 0 and not (record.incremental and record.objects_listed)
+    if listed_none and record.skipped_by_extension:
+        record.message = (
+            f"no file of the source {context.source_uri} has an accepted extension: "
+            f"{skipped_note(record)} (a job spec's `extensions`)"
+        )
+        logger.warning("%s", record.message)
+    elif listed_none and not record.incremental:
         logger.warning("the source %s holds no images; check the URI", context.source_uri)
         record.message = f"the source {context.source_uri} holds no images; check the URI"
+    elif record.skipped_by_extension:
+        logger.info("%s", skipped_note(record))
     context.ledger.write_run(record)
     return summary
 
 
 def plan_note(record: RunRecord) -> str | None:
     """A few words on what planning found, for the run's one-line summary: what an
-    incremental run compared, and the duplicate URIs left out (``None`` when neither)."""
-    notes = [note for note in (delta_note(record), duplicates_note(record)) if note]
-    return "; ".join(notes) or None
+    incremental run compared, the duplicate URIs and the files of other extensions left out
+    (``None`` when none of them)."""
+    notes = (delta_note(record), duplicates_note(record), skipped_note(record))
+    return "; ".join(note for note in notes if note) or None
 
 
 def delta_note(record: RunRecord) -> str | None:
@@ -188,20 +202,28 @@ def duplicates_note(record: RunRecord) -> str | None:
     return f"{record.duplicates:,} duplicate {uris} in the source {verb} skipped"
 
 
-def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[str]:
-    """Ids of the runs before ``run_id`` that read ``source_uri``."""
+def skipped_note(record: RunRecord) -> str | None:
+    """``"N files skipped by extension (.heic: 3, .xyz: 1); add them with --extensions"``
+    (``None`` when the extension filter left nothing out)."""
+    if not record.skipped_by_extension:
+        return None
+    return f"{skipped_summary(record.skipped_by_extension)}; add them with --extensions"
+
+
+def _earlier_runs(ledger: Ledger, run_id: str, source_uri: str) -> list[RunRecord]:
+    """The records of the runs before ``run_id`` that read ``source_uri``, oldest first."""
     started = time.perf_counter()
     ids = [rid for rid in ledger.run_ids() if rid < run_id]
 
-    def same_source(rid: str) -> bool:
+    def same_source(rid: str) -> RunRecord | None:
         try:
-            return ledger.read_run(rid).source == source_uri
+            record = ledger.read_run(rid)
         except (FileNotFoundError, ValueError, TypeError):  # a run record half written
-            return False
+            return None
+        return record if record.source == source_uri else None
 
     with ThreadPoolExecutor(RECORD_READ_THREADS) as pool:
-        keep = list(pool.map(same_source, ids))
-    earlier = [rid for rid, ok in zip(ids, keep, strict=True) if ok]
+        earlier = [record for record in pool.map(same_source, ids) if record is not None]
     logger.info(
         "%d earlier run(s) of %s found in %.1f s",
         len(earlier),

@@ -45,6 +45,35 @@ def init_ray(config: RunConfig) -> None:
         _init(config)
 
 
+def joins_cluster(config: RunConfig) -> bool:
+    """Whether the run joins a Ray cluster (``--address`` / ``RAY_ADDRESS``) rather than
+    starting a local Ray, whose one node is this machine and which no autoscaler grows."""
+    return bool(config.ray_address or os.environ.get(RAY_ADDRESS_ENV))
+
+
+def autoscaler_node_types() -> list[dict[str, float]] | None:
+    """The resources of each node type the cluster's autoscaler may start (those it may start
+    at least one of), as the autoscaler reported them to Ray; ``None`` when none was reported
+    (no autoscaler, one that does not report its node types, or Ray not started). Read through
+    Ray's internal state API, the one Ray Train and Ray Data check the cluster's size with."""
+    if not ray.is_initialized():
+        return None
+    try:
+        from ray._private.state import state
+
+        cluster_config = state.get_cluster_config()
+    except Exception as exc:  # noqa: BLE001 - an internal API: unknown is the safe answer
+        logger.debug("could not read the autoscaler's node types: %s", one_line(exc))
+        return None
+    if cluster_config is None or not cluster_config.node_group_configs:
+        return None
+    return [
+        {name: float(amount) for name, amount in group.resources.items()}
+        for group in cluster_config.node_group_configs
+        if group.max_count != 0
+    ]
+
+
 def _init(config: RunConfig) -> None:
     address = config.ray_address or os.environ.get(RAY_ADDRESS_ENV)
     common = dict(logging_level=logging.WARNING, log_to_driver=True)

@@ -93,9 +93,7 @@ def _resumable_run(context: RunContext, run_id: str | None) -> RunRecord:
 def _check_same_run(record: RunRecord, spec: ModelSpec, source_uri: str) -> None:
     """Raise :class:`RunError` unless ``record``'s run used ``spec``'s model and settings
     and read ``source_uri``."""
-    # The stored fingerprint went through JSON (tuples became lists, e.g. --classes): compare
-    # like with like, or a run with a class filter could never be resumed.
-    changes = _fingerprint_changes(record.model, json.loads(json.dumps(spec.fingerprint())))
+    changes = settings_changes(record.model, spec.fingerprint())
     if changes:
         raise RunError(
             f"run {record.run_id} cannot be resumed with different settings "
@@ -109,12 +107,21 @@ def _check_same_run(record: RunRecord, spec: ModelSpec, source_uri: str) -> None
         )
 
 
-def _fingerprint_changes(before: dict, now: dict) -> list[str]:
-    """``"name: old -> new"`` for every model setting that differs."""
+def settings_changes(before: dict, now: dict) -> list[str]:
+    """``"name: old -> new"`` for every model setting that differs between two model
+    fingerprints (a run record's ``model``; :meth:`ModelSpec.fingerprint`): what makes the
+    results of two runs differ, for a resume and for an incremental run alike.
+
+    A setting missing from ``before`` (a record written before the setting was recorded) is
+    not compared.
+    """
+    # A stored fingerprint went through JSON (tuples became lists, e.g. --classes): compare
+    # like with like, or a run with a class filter would always differ.
+    now = json.loads(json.dumps(now))
     flat_before = {**{k: v for k, v in before.items() if k != "options"}, **before["options"]}
     flat_now = {**{k: v for k, v in now.items() if k != "options"}, **now["options"]}
     return [
         f"{key}: {flat_before.get(key)!r} -> {flat_now.get(key)!r}"
-        for key in sorted(set(flat_before) | set(flat_now))
+        for key in sorted(flat_before.keys() & flat_now.keys())
         if flat_before.get(key) != flat_now.get(key)
     ]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.store.sources import IMAGE_EXTENSIONS, parse_extensions
 from pipeline.worker.decode_modes import DECODE_MODES
 from yolov4.config import INPUT_SIZE_MULTIPLE
 from yolov4.detector import PRECISIONS
@@ -52,6 +53,8 @@ GROUP_INFERENCE = "inference"
 GROUP_RESOURCES = "resources"
 GROUP_S3 = "object storage (S3 and S3-compatible stores)"
 GROUP_RAY = "Ray"
+#: How ``--help`` shows the value of an integer option that names no metavar of its own.
+INTEGER_METAVAR = "N"
 
 
 class InvalidValueError(ValueError):
@@ -81,19 +84,50 @@ def integer(minimum: int) -> Callable[[Any], int]:
 
 
 def number(
-    minimum: float, maximum: float | None = None, *, above: bool = False
+    minimum: float, maximum: float | None = None, *, above: bool = False, below: bool = False
 ) -> Callable[[Any], float]:
+    """A number from ``minimum`` (excluded if ``above``) up to ``maximum`` (excluded if
+    ``below``); a range is described in interval notation, ``[0, 1)``."""
+    if maximum is None:
+        accepted = f"a number {'above' if above else 'of at least'} {minimum:g}"
+    else:
+        low, high = "(" if above else "[", ")" if below else "]"
+        accepted = f"a number in {low}{minimum:g}, {maximum:g}{high}"
+
     def check(value: Any) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = ok and (value > minimum if above else value >= minimum)
-        ok = ok and (maximum is None or value <= maximum)
+        ok = ok and (maximum is None or (value < maximum if below else value <= maximum))
         if not ok:
-            if maximum is not None:
-                raise InvalidValueError(f"a number from {minimum:g} to {maximum:g}")
-            raise InvalidValueError(f"a number {'above' if above else 'of at least'} {minimum:g}")
+            raise InvalidValueError(accepted)
         return float(value)
 
     return check
+
+
+#: ``--gpus-per-actor auto``: a GPU per actor where the cluster has GPUs, else none
+#: (:func:`pipeline.run.actors.resolve_gpus_per_actor`).
+GPUS_AUTO = "auto"
+#: The GPUs per actor that :data:`GPUS_AUTO` gives on a cluster with GPUs.
+AUTO_GPUS_PER_ACTOR = 1.0
+
+
+def gpus(value: Any) -> float | str:
+    """GPUs per actor: :data:`GPUS_AUTO`, or a number of at least 0 (the command line's text
+    converted)."""
+    accepted = f"{GPUS_AUTO} or a number of at least 0 (0 = CPU, 0.5 shares a GPU)"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == GPUS_AUTO:
+            return GPUS_AUTO
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidValueError(accepted) from None
+    try:
+        return number(0.0)(value)
+    except InvalidValueError:
+        raise InvalidValueError(accepted) from None
 
 
 def choice(options: Iterable[str]) -> Callable[[Any], str]:
@@ -106,6 +140,17 @@ def choice(options: Iterable[str]) -> Callable[[Any], str]:
 
     check.options = options  # the CLI offers them as choices
     return check
+
+
+def extension_list(value: Any) -> tuple[str, ...]:
+    """File extensions: a list, or one comma-separated string (the command line's form)."""
+    try:
+        return parse_extensions(value)
+    except (ValueError, TypeError):
+        raise InvalidValueError(
+            "a list of file extensions (e.g. jpg,png,heic on the command line, [jpg, heic] in "
+            "a job spec), or * for every file"
+        ) from None
 
 
 def boolean(value: Any) -> bool:
@@ -223,13 +268,17 @@ class Setting:
         """The value a run gets when nothing sets it (``RunConfig``'s)."""
         return get_field(_default_config(), self.field)
 
-    def checked(self, value: Any) -> Any:
-        """``value`` converted and validated; ``ValueError`` names the setting and the fix."""
+    def checked(self, value: Any, *, from_spec: bool = False) -> Any:
+        """``value`` converted and validated; ``ValueError`` names the option (and the job-spec
+        key, ``from_spec``: a value that may have come from a spec), what is accepted and the
+        value given: ``--conf must be a number in [0, 1), got 2.0``."""
         try:
             return self.check(value)
         except InvalidValueError as bad:
-            where = f"`{self.spec_key}` / {self.option}" if self.spec_key else self.option
-            raise ValueError(f"{self.name} {value!r} is not {bad.accepted}; fix {where}") from None
+            where = self.option
+            if from_spec and self.spec_key:
+                where = f"{self.option} (`{self.spec_key}` in a job spec)"
+            raise ValueError(f"{where} must be {bad.accepted}, got {value!r}") from None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -242,6 +291,10 @@ SETTINGS: tuple[Setting, ...] = (
             "process only images new or changed (URI + ETag) since the output's earlier "
             "committed runs (job specs: on unless the spec says incremental: false)",
             GROUP_DATA, cli_type=None, spec_default=True),
+    Setting("extensions", "extensions", extension_list,
+            "extensions of the source's files to read, comma-separated, e.g. jpg,png,heic; "
+            "* reads every file (default: " + ",".join(e[1:] for e in IMAGE_EXTENSIONS) + ")",
+            GROUP_DATA, metavar="EXT,..."),
     Setting("job_name", "job_name", string,
             "the job this run belongs to (a job spec's name): names its lease and run records",
             GROUP_DATA, section=None, metavar="NAME"),
@@ -249,10 +302,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("input_size", "detector.input_size", input_size,
             "network input size (multiple of 32; default: the model's)", GROUP_INFERENCE,
             cli_type=int, aliases=("--size",), metavar="PIXELS"),
-    Setting("conf", "detector.conf_threshold", number(0.0, 1.0), "score threshold",
-            GROUP_INFERENCE, cli_type=float),
-    Setting("iou", "detector.nms_threshold", number(0.0, 1.0), "NMS overlap threshold",
-            GROUP_INFERENCE, cli_type=float),
+    Setting("conf", "detector.conf_threshold", number(0.0, 1.0, below=True),
+            "score threshold, in [0, 1)", GROUP_INFERENCE, cli_type=float),
+    Setting("iou", "detector.nms_threshold", number(0.0, 1.0, above=True),
+            "NMS overlap threshold, in (0, 1]", GROUP_INFERENCE, cli_type=float),
     Setting("nms", "detector.nms_kind", choice(NMS_KINDS), "NMS overlap (default: the model's)",
             GROUP_INFERENCE),
     Setting("resize", "detector.resize", choice(RESIZE_MODES),
@@ -268,9 +321,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("actors", "actors", integer(1),
             "detector actors (default: one per GPU, or one per CPU)", GROUP_RESOURCES,
             section=RESOURCES, cli_type=int),
-    Setting("gpus_per_actor", "gpus_per_actor", number(0.0),
-            "GPUs per actor (0 = CPU; 0.5 shares a GPU)", GROUP_RESOURCES, section=RESOURCES,
-            cli_type=float),
+    Setting("gpus_per_actor", "gpus_per_actor", gpus,
+            "GPUs per actor (0 = CPU; 0.5 shares a GPU; auto: 1 where a node of the cluster "
+            "has a GPU, else 0)", GROUP_RESOURCES, section=RESOURCES, cli_type=gpus,
+            metavar="N|auto"),
     Setting("cpus_per_actor", "cpus_per_actor", number(0.0, above=True),
             "CPUs per actor (default: 1 for a CPU actor; a GPU actor 4 per GPU, at most what "
             "the GPU nodes have per GPU)", GROUP_RESOURCES, section=RESOURCES, cli_type=float),
@@ -334,6 +388,10 @@ SETTINGS: tuple[Setting, ...] = (
             "loaded, at least 256MiB)", GROUP_RESOURCES, section=RESOURCES, metavar="SIZE",
             actor_field="image_memory"),
     # object storage
+    Setting("profile", "s3.profile", string,
+            "AWS profile of the shared config and credentials files to take credentials, "
+            "region and retries from (default: AWS_PROFILE, else the default chain)",
+            GROUP_S3, section=S3, flag="--profile", metavar="NAME"),
     Setting("endpoint_url", "s3.endpoint_url", http_url,
             "S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)",
             GROUP_S3, section=S3, flag="--endpoint-url", metavar="URL"),
@@ -394,12 +452,14 @@ def with_values(obj: Any, values: dict[str, Any]) -> Any:
     return dataclasses.replace(obj, **top)
 
 
-def validate(config: Any) -> None:
-    """Check every setting's value in ``config``; ``ValueError`` names the first bad one."""
+def validate(config: Any, *, from_spec: bool = True) -> None:
+    """Check every setting's value in ``config``; ``ValueError`` names the first bad one by its
+    option, and by its job-spec key too when ``from_spec`` (the value may have come from a
+    spec)."""
     for setting in SETTINGS:
         value = get_field(config, setting.field)
         if value is not None:
-            setting.checked(value)
+            setting.checked(value, from_spec=from_spec)
 
 
 # --------------------------------------------------------------------------- command line
@@ -424,7 +484,8 @@ def add_arguments(
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = setting.cli_type
-            kwargs["metavar"] = setting.metavar
+            integer_option = setting.cli_type is int
+            kwargs["metavar"] = setting.metavar or (INTEGER_METAVAR if integer_option else None)
             if setting.choices:
                 kwargs["choices"] = setting.choices
                 kwargs.pop("metavar")

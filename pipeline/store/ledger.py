@@ -98,6 +98,9 @@ class RunRecord:
     #: manifest listing a URI twice; the first entry is the one planned). 0 in records of
     #: runs before it was counted.
     duplicates: int = 0
+    #: Files of the source left out for their extension (the run's extensions setting), by
+    #: extension: ``{".heic": 3, "(none)": 1}``. Empty in records of runs before it was counted.
+    skipped_by_extension: dict[str, int] = field(default_factory=dict)
     #: Incremental runs only (``--incremental``): the listing compared with earlier runs of the
     #: same source (see :mod:`pipeline.run.incremental`); ``None`` for a full run.
     incremental: bool = False

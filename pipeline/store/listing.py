@@ -18,6 +18,10 @@ SeenUris` (about 16 bytes each). A resumed pass adds the objects it skips to tha
 URIs listed before the checkpoint still count as seen, and the count is the whole pass's.
 S3 prefixes and folders list each object once by construction and pay nothing for it.
 
+Files left out by the source's extension filter are counted per extension
+(:attr:`Listing.skipped`): a resumed position pass counts them again as it passes them, an S3
+prefix's checkpoint holds the count.
+
 A checkpoint is a JSON-able dict (``{"kind": ..., ...}``), valid between two objects: it
 describes the pass as of the last object the consumer received.
 """
@@ -34,7 +38,7 @@ import numpy as np
 from pipeline.store.s3 import S3Options
 from pipeline.store.s3_listing import DEFAULT_LISTERS, S3Listing
 from pipeline.store.seen_uris import SeenUris
-from pipeline.store.sources import S3PrefixSource, Source, SourceObject
+from pipeline.store.sources import S3PrefixSource, SkippedFiles, Source, SourceObject
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +60,22 @@ class Listing(abc.ABC):
     otherwise only when the pass calls :attr:`on_boundary` (set by the consumer), which it
     does between two objects where a checkpoint is valid. :attr:`objects_seen` counts the
     objects the pass has passed (those before a resumed checkpoint included);
-    :attr:`duplicates` those of them it did not yield, as their URI was listed before.
+    :attr:`duplicates` those of them it did not yield, as their URI was listed before;
+    :attr:`skipped` the files the extension filter left out (not among the objects seen).
     """
 
     objects_seen: int = 0
     duplicates: int = 0
     resumable_anywhere: bool = True
     on_boundary = None
+    _skipped: SkippedFiles | None = None
+
+    @property
+    def skipped(self) -> SkippedFiles:
+        """Files of the source the pass left out for their extension, by extension."""
+        if self._skipped is None:
+            self._skipped = SkippedFiles()
+        return self._skipped
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[SourceObject]:
@@ -112,7 +125,8 @@ class PositionListing(Listing):
             self._last = self._expected_last
 
     def __iter__(self) -> Iterator[SourceObject]:
-        objects = self.source.iter_objects()
+        self._skipped = SkippedFiles()  # counted from the start, a resumed pass's too
+        objects = self.source.iter_objects(self._skipped)
         if self._skip:
             self._skip_to_checkpoint(objects)
             logger.info("listing resumed after %d objects of %s", self._skip, self.source.uri)
@@ -197,11 +211,13 @@ class S3PrefixListing(Listing):
             _check_kind(resume, S3_RANGES_KIND, source)
             state = resume["ranges"]
             self.objects_seen = int(resume.get("objects_seen", 0))
+            self._skipped = SkippedFiles(resume.get("skipped"))
         self._listing = S3Listing(source.s3, source.list_prefix, listers=listers, resume=state)
 
     def __iter__(self) -> Iterator[SourceObject]:
+        skipped = self.skipped
         for info in self._listing:
-            if info.uri.endswith("/") or not self.source.accepts(info.uri):
+            if info.uri.endswith("/") or not self.source.admits(info.uri, skipped):
                 continue
             self.objects_seen += 1
             yield SourceObject(info.uri, info.size, info.etag)
@@ -211,6 +227,7 @@ class S3PrefixListing(Listing):
             "kind": S3_RANGES_KIND,
             "source": self.source.uri,
             "objects_seen": self.objects_seen,
+            "skipped": self.skipped.as_dict(),
             "ranges": self._listing.checkpoint(),
         }
 

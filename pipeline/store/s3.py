@@ -3,7 +3,10 @@
 Credentials, region and endpoint come from the usual chain (environment, profile, instance or
 workload identity; ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for MinIO, SeaweedFS and other
 S3-compatible stores). :class:`S3Options` carries only non-secret settings, so it can travel to
-Ray actors and into run records; credentials never leave each process's own chain.
+Ray actors and into run records; credentials never leave each process's own chain. Its
+``profile`` names a profile of the AWS config and shared credentials files: every client and
+the Delta tables' readers and writers take their credentials from the session
+:func:`make_session` builds for it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ AWS_ENV_VARS = {"max_attempts": "AWS_MAX_ATTEMPTS", "retry_mode": "AWS_RETRY_MOD
 
 @dataclass(frozen=True)
 class S3Options:
-    """Non-secret client settings: endpoint and region (else the environment's), timeouts,
-    and botocore's retries.
+    """Non-secret client settings: the AWS profile, endpoint and region (else the
+    environment's), timeouts, and botocore's retries.
 
     ``max_attempts`` (attempts per request, the first included) and ``retry_mode``: ``None``
     defers to the AWS configuration (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``, the config
@@ -48,6 +51,7 @@ class S3Options:
 
     endpoint_url: str | None = None
     region: str | None = None
+    profile: str | None = None
     max_attempts: int | None = None
     retry_mode: str | None = None
     connect_timeout_s: float = CONNECT_TIMEOUT_S
@@ -95,6 +99,32 @@ def _aws_setting(session: botocore.session.Session, name: str) -> str | None:
         return None
 
 
+def make_session(
+    options: S3Options | None = None, *, core: botocore.session.Session | None = None
+) -> boto3.session.Session:
+    """A boto3 session on the standard AWS chain, of profile ``options.profile`` when set (else
+    ``AWS_PROFILE``'s, else the default chain). ``core``: the botocore session to build on.
+    Raises ``ValueError`` naming the profile when the AWS config files do not define it."""
+    options = options or S3Options()
+    core = core or botocore.session.get_session()
+    try:
+        session = boto3.session.Session(botocore_session=core, profile_name=options.profile)
+        session.get_credentials()  # a profile named only by AWS_PROFILE is looked up here
+    except botocore.exceptions.ProfileNotFound:
+        name = options.profile or os.environ.get("AWS_PROFILE")
+        raise ValueError(
+            f"the AWS profile {name!r} (--profile / AWS_PROFILE) is not defined in the AWS "
+            f"config file ({_aws_file(core, 'config_file')}) or credentials file "
+            f"({_aws_file(core, 'credentials_file')}); check the name, or point "
+            "AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE at the files that define it"
+        ) from None
+    return session
+
+
+def _aws_file(core: botocore.session.Session, name: str) -> str:
+    return os.path.expanduser(core.get_config_variable(name) or "?")
+
+
 def make_client(options: S3Options | None = None, *, max_pool_connections: int = 10):
     """A boto3 S3 client; size ``max_pool_connections`` to the threads that share it.
 
@@ -103,6 +133,7 @@ def make_client(options: S3Options | None = None, *, max_pool_connections: int =
     options = options or S3Options()
     endpoint = options.resolved_endpoint()
     core = botocore.session.get_session()
+    session = make_session(options, core=core)
     config = Config(
         retries=options.retries(core),
         max_pool_connections=max_pool_connections,
@@ -110,6 +141,5 @@ def make_client(options: S3Options | None = None, *, max_pool_connections: int =
         read_timeout=options.read_timeout_s,
         s3={"addressing_style": "path"} if endpoint else None,
     )
-    session = boto3.session.Session(botocore_session=core)
     region = options.region or session.region_name or DEFAULT_REGION
     return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)

@@ -26,8 +26,9 @@ bounded memory whatever the size of the bucket or manifest:
   more than once is planned once, from its first entry (the others are counted in the run
   record's ``duplicates``).
 
-Every kind applies the extension filter (``IMAGE_EXTENSIONS``, case-insensitive) unless
-``extensions=None``.
+Every kind applies the extension filter (``IMAGE_EXTENSIONS``, case-insensitive, or the
+run's ``--extensions``) unless ``extensions=None``; a pass given a :class:`SkippedFiles` counts
+the files it left out, by extension.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ import gzip
 import io
 import logging
 import os
+import posixpath
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, ClassVar
 from urllib.parse import unquote_plus
@@ -62,7 +65,23 @@ from pipeline.store.uris import S3_SCHEME, is_s3, normalize, parse_s3
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: The extensions a run reads by default: every format the decoder reads
+#: (:data:`yolov4.imageio.SUPPORTED_FORMATS`; ``.jfif`` is JPEG, HEIC through pillow-heif).
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".heic", ".heif", ".avif",
+)  # fmt: skip
+#: In a list of extensions: every file, whatever its name (content decides).
+ALL_EXTENSIONS = "*"
+#: Extensions of skipped files counted one by one; any further one counts under
+#: :data:`OTHER_EXTENSIONS` (a bucket of arbitrarily named objects must not grow the count).
+MAX_SKIPPED_EXTENSIONS = 32
+#: Longest extension counted as such (a longer "extension" is part of a name).
+MAX_EXTENSION_CHARS = 12
+NO_EXTENSION = "(none)"
+OTHER_EXTENSIONS = "(other)"
+#: Extensions a summary of skipped files names, the most frequent first.
+SUMMARY_EXTENSIONS = 5
 #: Prefix that forces a URI to be read as a manifest whatever its name.
 MANIFEST_PREFIX = "manifest:"
 TEXT_SUFFIXES = (".txt", ".txt.gz")
@@ -97,6 +116,8 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,62}$")
 #: A header label: a word-like name, as opposed to a key with a dot, slash or escape.
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_ \-]*$")
 _ETAG = re.compile(r"^[0-9a-fA-F]{32}(-\d+)?$")
+#: An extension a run may be given: a dot, then letters, digits, ``_``, ``+`` or ``-``.
+_EXTENSION = re.compile(rf"^\.[a-z0-9_+\-]{{1,{MAX_EXTENSION_CHARS - 1}}}$")
 
 
 @dataclass(frozen=True)
@@ -111,6 +132,98 @@ class SourceObject:
     uri: str
     size: int | None = None
     etag: str | None = None
+
+
+class SkippedFiles:
+    """Files a pass over a source left out for their extension, counted per extension
+    (lower case with its dot; :data:`NO_EXTENSION` for a name without one). At most
+    :data:`MAX_SKIPPED_EXTENSIONS` extensions are counted one by one; the rest together, under
+    :data:`OTHER_EXTENSIONS`."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
+        self.counts: Counter[str] = Counter(counts or {})
+
+    def add(self, uri: str) -> None:
+        """Count ``uri`` as skipped."""
+        key = extension_of(uri)
+        if key not in self.counts and len(self.counts) >= MAX_SKIPPED_EXTENSIONS:
+            key = OTHER_EXTENSIONS
+        self.counts[key] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        """``{extension: files}``, the most frequent first (JSON-able)."""
+        return dict(sorted(self.counts.items(), key=lambda item: (-item[1], item[0])))
+
+    def summary(self) -> str:
+        """``"4 files skipped by extension (.heic: 3, .xyz: 1)"`` (``""`` when none)."""
+        return skipped_summary(self.counts)
+
+    def __repr__(self) -> str:
+        return f"SkippedFiles({self.as_dict()!r})"
+
+
+def skipped_summary(counts: Mapping[str, int]) -> str:
+    """``"N files skipped by extension (.heic: 3, .xyz: 1)"`` for counts by extension (the
+    :data:`SUMMARY_EXTENSIONS` most frequent named); ``""`` when there are none."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    named = [f"{ext}: {n:,}" for ext, n in ranked[:SUMMARY_EXTENSIONS]]
+    if len(ranked) > SUMMARY_EXTENSIONS:
+        named.append(f"{len(ranked) - SUMMARY_EXTENSIONS} more")
+    files = "file" if total == 1 else "files"
+    return f"{total:,} {files} skipped by extension ({', '.join(named)})"
+
+
+def extension_of(uri: str) -> str:
+    """The extension of the last segment of ``uri``, lower case with its dot
+    (:data:`NO_EXTENSION` when it has none, :data:`OTHER_EXTENSIONS` when it is too long to
+    be one)."""
+    ext = posixpath.splitext(uri.replace(os.sep, "/").rsplit("/", 1)[-1])[1].lower()
+    if not ext or ext == ".":
+        return NO_EXTENSION
+    return ext if len(ext) <= MAX_EXTENSION_CHARS else OTHER_EXTENSIONS
+
+
+def parse_extensions(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Extensions as a run takes them: a comma-separated string (``jpg,.heic``) or a list,
+    each made lower case with a leading dot; :data:`ALL_EXTENSIONS` alone means every file.
+    Raises ``ValueError`` for an empty list or an entry that is not an extension."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not an extension")
+        text = item.strip().lower()
+        if not text:
+            continue
+        if text == ALL_EXTENSIONS:
+            out.append(ALL_EXTENSIONS)
+            continue
+        ext = text if text.startswith(".") else "." + text
+        if not _EXTENSION.match(ext):
+            raise ValueError(f"{item!r} is not an extension")
+        if ext not in out:
+            out.append(ext)
+    if not out:
+        raise ValueError("no extensions given")
+    if ALL_EXTENSIONS in out and len(out) > 1:
+        raise ValueError(f"{ALL_EXTENSIONS!r} (every file) goes alone")
+    return tuple(out)
+
+
+def source_extensions(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
+    """A run's extensions setting as :func:`open_source` takes them: ``None`` (not set) is
+    :data:`IMAGE_EXTENSIONS`, :data:`ALL_EXTENSIONS` is ``None`` (no filter)."""
+    if extensions is None:
+        return IMAGE_EXTENSIONS
+    extensions = tuple(extensions)
+    return None if ALL_EXTENSIONS in extensions else extensions
 
 
 class Source(abc.ABC):
@@ -136,8 +249,9 @@ class Source(abc.ABC):
         self._s3: S3Storage | None = None
 
     @abc.abstractmethod
-    def iter_objects(self) -> Iterator[SourceObject]:
-        """Stream the source's images in its deterministic order."""
+    def iter_objects(self, skipped: SkippedFiles | None = None) -> Iterator[SourceObject]:
+        """Stream the source's images in its deterministic order; the files left out by the
+        extension filter are counted in ``skipped`` when it is given."""
 
     def __iter__(self) -> Iterator[SourceObject]:
         return self.iter_objects()
@@ -148,6 +262,14 @@ class Source(abc.ABC):
     def accepts(self, uri: str) -> bool:
         """Whether ``uri`` passes the extension filter."""
         return self.extensions is None or uri.lower().endswith(self.extensions)
+
+    def admits(self, uri: str, skipped: SkippedFiles | None) -> bool:
+        """:meth:`accepts`, counting a file it refuses in ``skipped`` (when given)."""
+        if self.accepts(uri):
+            return True
+        if skipped is not None:
+            skipped.add(uri)
+        return False
 
     @property
     def s3(self) -> S3Storage:
@@ -186,9 +308,9 @@ class S3PrefixSource(Source):
         key = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
         return f"{S3_SCHEME}{loc.bucket}/{key}"
 
-    def iter_objects(self) -> Iterator[SourceObject]:
+    def iter_objects(self, skipped: SkippedFiles | None = None) -> Iterator[SourceObject]:
         for info in self.s3.list(self.list_prefix):
-            if info.uri.endswith("/") or not self.accepts(info.uri):
+            if info.uri.endswith("/") or not self.admits(info.uri, skipped):
                 continue
             yield SourceObject(info.uri, info.size, info.etag)
 
@@ -201,11 +323,11 @@ class LocalFolderSource(Source):
     #: repeats, so no duplicate check is paid for.
     may_repeat = False
 
-    def iter_objects(self) -> Iterator[SourceObject]:
+    def iter_objects(self, skipped: SkippedFiles | None = None) -> Iterator[SourceObject]:
         if not os.path.isdir(self.uri):
             raise FileNotFoundError(2, "source folder not found; check the path", self.uri)
         for info in LocalStorage().list(self.uri):
-            if self.accepts(info.uri):
+            if self.admits(info.uri, skipped):
                 _check_utf8_path(info.uri)
                 yield SourceObject(info.uri, info.size, info.etag)
 
@@ -258,10 +380,10 @@ class ManifestSource(Source):
             return self.uri.rsplit("/", 1)[0] + "/"
         return os.path.dirname(self.uri)
 
-    def iter_objects(self) -> Iterator[SourceObject]:
+    def iter_objects(self, skipped: SkippedFiles | None = None) -> Iterator[SourceObject]:
         reader = _READERS[self.format or self.sniff_format()]
         for obj in reader(self):
-            if self.accepts(obj.uri):
+            if self.admits(obj.uri, skipped):
                 yield obj
 
     def resolve(self, entry: str, where: str) -> str:

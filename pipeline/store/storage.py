@@ -126,6 +126,8 @@ _CREDENTIAL_ERRORS = (
     CredentialRetrievalError,
     TokenRetrievalError,
 )
+#: The end of a node fault's message: what a run that stopped on it does next.
+_RESUME = " (a run that stopped on it continues with --resume)"
 _PRECONDITION_CODES = {"PreconditionFailedError", "412", "ConditionalRequestConflict"}
 
 
@@ -566,11 +568,14 @@ def _translated(uri: str):
         if code in _NODE_FAULT_CODES:
             cause, fix = _NODE_FAULT_CODES[code]
             raise NodeFaultError(
-                f"{cause} ({code}, reading or writing {uri}); {fix}, then resume the run (--resume)"
+                f"{cause} ({code}, reading or writing {uri}); {fix}{_RESUME}"
             ) from None
         if code in {"AccessDenied", "403"}:
             raise StorageError(
-                f"access denied to {uri} ({code}); check the credentials and the bucket policy"
+                f"access denied to {uri} ({code}): the credentials in use lack permission for "
+                "it; grant them the S3 actions needed (s3:ListBucket, s3:GetObject, and "
+                "s3:PutObject to write) in the IAM or bucket policy, or use credentials that "
+                "have them (--profile)"
             ) from None
         if code in _TRANSIENT_CODES or (status or 0) >= 500 or status == 429:
             raise TransientStorageError(
@@ -580,9 +585,10 @@ def _translated(uri: str):
         raise StorageError(f"{uri}: {code or status}: {error.get('Message', exc)}") from None
     except _CREDENTIAL_ERRORS as exc:
         raise NodeFaultError(
-            f"no usable credentials on this machine ({type(exc).__name__}: {exc}); set them "
-            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role) on "
-            "every node, then resume the run (--resume)"
+            f"no usable credentials on this machine ({type(exc).__name__}: {exc}); provide "
+            "them with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile of the AWS "
+            "config files (--profile NAME or AWS_PROFILE) or an instance or workload role, on "
+            f"every node of a run{_RESUME}"
         ) from None
     except (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
         if is_transient(exc):

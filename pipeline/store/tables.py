@@ -48,7 +48,7 @@ from pipeline.store.layout import (
     OutputLayout,
 )
 from pipeline.store.ledger import ShardCounts
-from pipeline.store.s3 import DEFAULT_REGION, S3Options
+from pipeline.store.s3 import DEFAULT_REGION, S3Options, make_session
 from pipeline.store.schema import DETECTIONS_SCHEMA, IMAGES_SCHEMA, STATUS_ERROR, TOMBSTONE_SCHEMA
 from pipeline.store.storage import Storage, StorageError
 from pipeline.store.uris import is_s3, join, normalize
@@ -101,14 +101,15 @@ def storage_options(
     session: boto3.session.Session | None = None,
 ) -> dict[str, str] | None:
     """``deltalake`` storage options for ``output``: ``None`` locally; on S3 the AWS
-    credentials of ``session`` (default: a new one; used in memory, never written to a log or a
+    credentials of ``session`` (default: one of ``s3_options``' profile,
+    :func:`~pipeline.store.s3.make_session`; used in memory, never written to a log or a
     table property), region, endpoint, timeout and conditional writes
     (``If-None-Match``/``If-Match``), which make concurrent log commits safe on S3 and on
     S3-compatible stores without a lock service."""
     if not is_s3(output):
         return None
     options = s3_options or S3Options()
-    session = session or boto3.session.Session()
+    session = session or make_session(options)
     out = {
         "AWS_REGION": options.region or session.region_name or DEFAULT_REGION,
         "conditional_put": "etag",
@@ -185,7 +186,7 @@ class ResultTables:
         if not is_s3(self.root):
             return None
         if self._session is None:
-            self._session = boto3.session.Session()
+            self._session = make_session(self.s3_options)
         credentials = self._session.get_credentials()
         frozen = credentials.get_frozen_credentials() if credentials is not None else None
         key = (frozen.access_key, frozen.token) if frozen else None

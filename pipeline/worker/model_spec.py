@@ -64,12 +64,17 @@ class ModelSpec:
     options: DetectorOptions = field(default_factory=DetectorOptions)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must match for a resume: the weights and every inference setting."""
+        """What makes a run's results what they are: the weights, the class names and every
+        inference setting. A resume must match it; an incremental run processes again the
+        images an earlier run processed with another (:mod:`pipeline.run.incremental`)."""
         return {
             "model": self.name,
             "weights_sha256": self.weights_sha256,
             "cfg_sha256": hashlib.sha256(self.cfg_text.encode()).hexdigest()
             if self.cfg_text
+            else None,
+            "names_sha256": hashlib.sha256("\n".join(self.class_names).encode()).hexdigest()
+            if self.class_names
             else None,
             "options": asdict(self.options),
         }

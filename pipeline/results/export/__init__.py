@@ -4,7 +4,8 @@
 :mod:`pipeline.results.export.reader`) into one of the writers of
 :mod:`pipeline.results.export.formats`, so memory stays flat whatever the number of images.
 Images with ``status = 'error'`` are skipped and counted. ``dest`` is a local path or an
-``s3://`` URI (written locally, then uploaded: see :mod:`pipeline.results.export.destination`).
+``s3://`` URI (written locally, then uploaded: see :mod:`pipeline.results.export.destination`);
+a folder ``dest`` (YOLO labels) must be empty or new.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.results.coco_categories import categories_for, is_coco_class_list
-from pipeline.results.export.destination import staged_file, staged_folder
+from pipeline.results.export.destination import (
+    require_empty_folder,
+    staged_file,
+    staged_folder,
+)
 from pipeline.results.export.formats import CocoWriter, LabelStudioWriter, YoloWriter
 from pipeline.results.export.reader import DEFAULT_MEMORY_LIMIT, Filters, ResultsReader
 from pipeline.store.s3 import S3Options
@@ -70,6 +75,8 @@ def export_results(
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if options.min_score is not None and not 0.0 <= options.min_score <= 1.0:
         raise ValueError(f"--min-score {options.min_score} is outside 0..1; give a score in 0..1")
+    if fmt == FORMAT_YOLO:  # before any result is read
+        require_empty_folder(dest, s3_options)
     with ResultsReader(output, s3_options, memory_limit=options.memory_limit) as reader:
         class_ids = reader.class_ids_for(options.classes) if options.classes else None
         filters = Filters(options.min_score, class_ids)

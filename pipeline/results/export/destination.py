@@ -4,6 +4,9 @@ Local files are written beside their final name and renamed into place when comp
 the export is written to a local temporary file (or folder, for YOLO labels) first and uploaded
 when complete, with boto3's transfer manager (multipart above its 8 MiB threshold); the
 temporary copy is removed afterwards. Nothing half-written ever appears at the destination.
+
+A folder destination (YOLO labels) must be empty or new (:func:`require_empty_folder`): labels
+of an earlier export left beside the new ones would mix two exports.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.store.s3 import S3Options, make_client
-from pipeline.store.storage import StorageError
+from pipeline.store.storage import StorageError, storage_for
 from pipeline.store.uris import is_s3, normalize, parse_s3
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,31 @@ logger = logging.getLogger(__name__)
 UPLOAD_THREADS = 16
 #: Uploads submitted but not finished, at most (bounds memory for many small files).
 UPLOAD_WINDOW = 4 * UPLOAD_THREADS
+
+
+class DestinationNotEmptyError(ValueError):
+    """A folder destination already holds files; the message says to choose another."""
+
+    def __init__(self, dest: str) -> None:
+        super().__init__(
+            f"--dest {dest} is not empty; export the labels to an empty or new folder (they "
+            "would mix with the files already there)"
+        )
+
+
+def require_empty_folder(dest: str, s3_options: S3Options | None = None) -> None:
+    """Raise :class:`DestinationNotEmptyError` when the folder (or ``s3://`` prefix) ``dest``
+    holds anything; a missing one is fine (it is created)."""
+    dest = normalize(dest)
+    if is_s3(dest):
+        _check_s3_key(dest, folder=True)
+        prefix = dest if dest.endswith("/") else dest + "/"
+        if next(iter(storage_for(prefix, s3_options).list(prefix)), None) is not None:
+            raise DestinationNotEmptyError(dest)
+        return
+    path = Path(dest)
+    if path.is_dir() and not folder_is_empty(path):
+        raise DestinationNotEmptyError(dest)
 
 
 @contextlib.contextmanager

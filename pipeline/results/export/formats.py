@@ -24,6 +24,7 @@ from typing import IO
 from urllib.parse import quote
 
 from pipeline.results.coco_categories import Category, coco_name
+from pipeline.results.export.destination import DestinationNotEmptyError
 from pipeline.results.export.reader import ImageResult
 from pipeline.store.uris import is_s3
 
@@ -201,9 +202,7 @@ class YoloWriter:
     def __init__(self, folder: Path, class_names: tuple[str, ...], *, with_score: bool) -> None:
         self._labels = folder / YOLO_LABELS_DIR
         if self._labels.exists() and any(self._labels.iterdir()):
-            raise FileExistsError(
-                f"{self._labels} already holds label files; export to an empty --dest"
-            )
+            raise DestinationNotEmptyError(str(folder))
         self._labels.mkdir(parents=True, exist_ok=True)
         (folder / YOLO_CLASSES_FILE).write_text(
             "".join(f"{name}\n" for name in class_names), encoding="utf-8"

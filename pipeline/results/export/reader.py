@@ -29,9 +29,11 @@ import pyarrow.parquet as pq
 from pipeline.results.coco_categories import coco_name
 from pipeline.results.query import connect
 from pipeline.store.committed import open_tables
-from pipeline.store.layout import DETECTIONS_TABLE
+from pipeline.store.layout import DETECTIONS_TABLE, OutputLayout
+from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
 from pipeline.store.schema import STATUS_OK
+from pipeline.store.storage import storage_for
 from pipeline.store.tables import PARTITION_COLUMN
 from pipeline.store.uris import normalize
 
@@ -98,14 +100,22 @@ class ResultsReader:
     ) -> None:
         self.output = normalize(output)
         self.s3_options = s3_options
-        self._spill_dir = tempfile.mkdtemp(prefix="yolo-batch-duckdb-")
+        # The runs first: a store that fails (credentials, endpoint, bucket) fails at once.
+        ledger = Ledger(storage_for(self.output, s3_options), OutputLayout(self.output))
+        run_ids = ledger.run_ids()
         self._tables = open_tables(self.output, s3_options)
-        self.con = connect(
-            self.output,
-            s3_options,
-            local_dir=os.path.join(self._spill_dir, "data"),
-            tables=self._tables,
-        )
+        self._spill_dir = tempfile.mkdtemp(prefix="yolo-batch-duckdb-")
+        try:
+            self.con = connect(
+                self.output,
+                s3_options,
+                local_dir=os.path.join(self._spill_dir, "data"),
+                tables=self._tables,
+                run_ids=run_ids,
+            )
+        except BaseException:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            raise
         self.con.execute(f"SET memory_limit = '{_checked_memory_limit(memory_limit)}'")
         self.con.execute("SET temp_directory = ?", [self._spill_dir])
         self.con.execute("SET enable_progress_bar = false")  # it would print to stdout

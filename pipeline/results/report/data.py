@@ -14,11 +14,14 @@ from typing import Any
 
 import duckdb
 
+from pipeline.results.evaluate import MATCH_AUTO, EvalResult, evaluate
 from pipeline.results.query import connect
 from pipeline.results.report.gallery import Sample, load_samples
 from pipeline.store.committed import open_tables
-from pipeline.store.layout import IMAGES_TABLE
+from pipeline.store.layout import IMAGES_TABLE, OutputLayout
+from pipeline.store.ledger import Ledger
 from pipeline.store.s3 import S3Options
+from pipeline.store.storage import storage_for
 from pipeline.store.tables import ResultTables, shard_of_file
 from pipeline.store.uris import normalize
 from yolov4.errors import YoloError
@@ -100,6 +103,8 @@ class ReportData:
     throughput: list[ThroughputBucket]
     samples: list[Sample] = field(default_factory=list)
     throughput_source: str = THROUGHPUT_SOURCE
+    #: The run's detections evaluated against ground truth (``--ground-truth``), else None.
+    accuracy: EvalResult | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -115,13 +120,19 @@ def collect(
     *,
     samples: int = DEFAULT_SAMPLES,
     s3_options: S3Options | None = None,
+    ground_truth: str | None = None,
+    match: str = MATCH_AUTO,
 ) -> ReportData:
-    """Aggregate the report's figures for ``run_id`` (default: the latest run) of ``output``."""
+    """Aggregate the report's figures for ``run_id`` (default: the latest run) of ``output``;
+    with ``ground_truth`` (a COCO instances JSON), the run's accuracy against it
+    (:func:`pipeline.results.evaluate.evaluate`, images matched as ``match`` says)."""
     if samples < 0:
         raise ValueError(f"the number of samples must be 0 or more, got {samples}")
     output = normalize(output)
+    # The runs before the tables: a store that fails (credentials, endpoint) fails at once.
+    run_ids = Ledger(storage_for(output, s3_options), OutputLayout(output)).run_ids()
     tables = open_tables(output, s3_options)
-    con = connect(output, s3_options, tables=tables)
+    con = connect(output, s3_options, tables=tables, run_ids=run_ids)
     try:
         run = _run_row(con, output, run_id)
         run_id = run["run_id"]
@@ -156,9 +167,13 @@ def collect(
             throughput=_throughput(tables, run),
         )
         data.samples = load_samples(con, samples, s3_options)
-        return data
     finally:
         con.close()
+    if ground_truth is not None:
+        data.accuracy = evaluate(
+            output, ground_truth, match=match, s3_options=s3_options, run_id=run["run_id"]
+        )
+    return data
 
 
 def _run_row(con: duckdb.DuckDBPyConnection, output: str, run_id: str | None) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.results.report.charts import column_chart, esc, hbar_chart
+from pipeline.results.evaluate import PR_IOU, lower_bound_note
+from pipeline.results.report.charts import column_chart, esc, hbar_chart, pr_chart
 from pipeline.results.report.data import (
     MAX_DETECTIONS_BIN,
     SCORE_BINS,
@@ -69,10 +71,15 @@ def write_report(
     run_id: str | None = None,
     samples: int | None = None,
     s3_options: S3Options | None = None,
+    ground_truth: str | None = None,
+    match: str | None = None,
 ) -> ReportData:
-    """Collect the figures of a run of ``output`` and write the HTML page to ``destination``."""
+    """Collect the figures of a run of ``output`` and write the HTML page to ``destination``;
+    with ``ground_truth``, an accuracy section (``match``: how its images are matched)."""
     options = {} if samples is None else {"samples": samples}
-    data = collect(output, run_id, s3_options=s3_options, **options)
+    if match is not None:
+        options["match"] = match
+    data = collect(output, run_id, s3_options=s3_options, ground_truth=ground_truth, **options)
     page = render_html(data)
     Path(destination).write_text(page, encoding="utf-8")
     logger.info("wrote the report of run %s to %s", data.run["run_id"], destination)
@@ -84,6 +91,7 @@ def render_html(data: ReportData) -> str:
     run_id = data.run.get("run_id", "")
     sections = [
         _summary(data),
+        _accuracy(data),
         _classes(data),
         _scores(data),
         _detections_per_image(data),
@@ -134,7 +142,7 @@ def _summary(data: ReportData) -> str:
         ("Detections", f"{data.detections_total:,}", ""),
         ("Images per second", "—" if rate is None else f"{rate:,.2f}", ""),
         ("Shards", shards, ""),
-        ("Resumed", _num(run.get("resumed")), ""),
+        ("Resumed", _resumed(run.get("resumed")), ""),
     ]  # fmt: skip
     if run.get("incremental"):
         delta = ", ".join(
@@ -167,6 +175,47 @@ def _summary(data: ReportData) -> str:
     return _section("summary", "Run summary", body)
 
 
+def _accuracy(data: ReportData) -> str:
+    """Against ground truth, when given: mAP, precision and recall at the run's threshold, the
+    precision-recall curve, and the note that says when the mAP is only a lower bound."""
+    result = data.accuracy
+    if result is None:
+        return ""
+    conf = result.conf_threshold
+    at = f"IoU {PR_IOU:.2f}, scores ≥ {'the run’s --conf' if conf is None else f'{conf:g}'}"
+    rows = [
+        ("mAP@[.5:.95]", _score(result.ap)),
+        ("mAP@.5", _score(result.ap50)),
+        (f"Precision ({at})", _score(result.precision)),
+        (f"Recall ({at})", _score(result.recall)),
+        ("Ground-truth boxes", f"{result.ground_truth_boxes:,} "
+         f"({result.true_positives:,} found)"),
+        ("Images evaluated", f"{result.images_evaluated:,} "
+         f"({result.ground_truth_images_unmatched:,} without results: their boxes are misses; "
+         f"matched by {result.match})"),
+    ]  # fmt: skip
+    body = (
+        '<table class="summary">'
+        + "".join(
+            f'<tr><th scope="row">{esc(name)}</th><td>{esc(value)}</td></tr>'
+            for name, value in rows
+        )
+        + "</table>"
+    )
+    note = lower_bound_note(conf)
+    if note:
+        body += f'<p class="note">{esc(note[:1].upper() + note[1:])}.</p>'
+    points = [(p.score, p.precision, p.recall) for p in result.pr_curve]
+    if points:
+        body += pr_chart(points, title="Precision and recall by score threshold")
+        body += (
+            f'<p class="note">Precision against recall (IoU {PR_IOU:.2f}, categories pooled) '
+            "keeping detections from each score threshold up, the run’s own first; "
+            "yolo-batch eval --json lists the points.</p>"
+        )
+    return _section("accuracy", "Accuracy against ground truth", body)
+
+
 def _classes(data: ReportData) -> str:
     classes = list(data.classes)
     if not classes:
@@ -195,6 +244,7 @@ def _scores(data: ReportData) -> str:
         x_title="score (bin start, width 0.05)",
         y_title="detections",
         label_every=SCORE_LABEL_EVERY,
+        counts=True,
     )
     return _section("scores", "Score histogram", chart)
 
@@ -210,6 +260,7 @@ def _detections_per_image(data: ReportData) -> str:
         x_title="detections in the image",
         y_title="images",
         colour="#59a14f",
+        counts=True,
     )
     note = '<p class="note">Images that were read (status ok).</p>'
     return _section("per-image", "Detections per image", chart + note)
@@ -295,6 +346,17 @@ def _gallery(data: ReportData) -> str:
 
 def _num(value: Any) -> str:
     return "—" if value is None else f"{int(value):,}"
+
+
+def _resumed(times: Any) -> str:
+    """The run record's count of resumes: ``no``, or ``yes, N times``."""
+    if not times:
+        return "no"
+    return f"yes, {int(times):,} time{'' if int(times) == 1 else 's'}"
+
+
+def _score(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.4f}"
 
 
 def _time(value: Any) -> str | None:
