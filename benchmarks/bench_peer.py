@@ -295,6 +295,7 @@ def run_ours(
         batch_size=batch_size,
         actors=actors,
         cpus_per_actor=cpus / actors if actors else None,
+        gpus_per_actor=0,  # the CPU, as the peer (Ray Data) gets
         **extra,
     )
     started = time.perf_counter()

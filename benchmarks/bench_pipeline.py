@@ -316,6 +316,7 @@ def run_pipeline(source: Path, output: Path, *, shard_size: int, model) -> dict:
         batch_size=BATCH_SIZE,
         actors=1,
         cpus_per_actor=ACTOR_CPUS,
+        gpus_per_actor=0,  # the CPU path, as the in-process baselines measure
         fetch_threads=FETCH_THREADS,
     )
     started = time.perf_counter()
