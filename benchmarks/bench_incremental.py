@@ -91,16 +91,24 @@ def etag(i: int) -> str:
 
 
 def write_output(
-    root: Path, num_images: int, shard_size: int, *, source: str = SOURCE, prefix: str = SOURCE
+    root: Path,
+    num_images: int,
+    shard_size: int,
+    *,
+    source: str = SOURCE,
+    prefix: str = SOURCE,
+    model: dict | None = None,
 ) -> str:
     """A committed run of ``source`` with ``num_images`` ok images ``uri(i, prefix)`` with
-    ETags ``etag(i)``, size 1000; its record is marked succeeded. Returns its run id."""
+    ETags ``etag(i)``, size 1000; its record is marked succeeded. ``model``: the record's model
+    fingerprint (an incremental run with other model settings processes every image again).
+    Returns its run id."""
     storage, layout = LocalStorage(), OutputLayout(str(root))
     ledger = Ledger(storage, layout)
     tables = ResultTables(str(root))
     pending: list[ShardFiles] = []
     run_id = new_run_id(time.time() - 3600)
-    record = RunRecord(run_id, source, str(root), {"model": "synthetic"}, {})
+    record = RunRecord(run_id, source, str(root), model or {"model": "synthetic"}, {})
     record.started_at = time.time()
     ledger.write_run(record)
     num_shards = 0
@@ -283,6 +291,25 @@ def weights_cache(folder: Path) -> Path:
     return folder
 
 
+def default_model_fingerprint(cache: Path) -> dict:
+    """The model fingerprint a run with the default model and settings records (the earlier
+    run must have used the same settings, or the nightly run processes every image again)."""
+    from pipeline.run.config import RunConfig
+    from pipeline.worker.model_spec import resolve_model
+    from yolov4.hub import CACHE_ENV_VAR
+
+    before = os.environ.get(CACHE_ENV_VAR)
+    os.environ[CACHE_ENV_VAR] = str(cache)
+    try:
+        spec, _ = resolve_model(options=RunConfig(source="s", output="o").detector)
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV_VAR)
+        else:
+            os.environ[CACHE_ENV_VAR] = before
+    return spec.fingerprint()
+
+
 class TreeSampler:
     """Samples a process tree through ``/proc`` in a thread: the peak of its summed RSS, the
     root's ``VmHWM``, and the names of every process seen in it."""
@@ -403,8 +430,16 @@ def nightly(args: argparse.Namespace, num_images: int) -> dict:
         # object is a row, not fatal), and nothing is ever read, since nothing is new.
         prefix = f"{normalize(str(source / 'images'))}/"
         source_uri = normalize(str(manifest))  # what the CLI makes of --source MANIFEST
+        cache = weights_cache(tmp / "cache")
         started = time.perf_counter()
-        write_output(output, num_images, args.shard_size, source=source_uri, prefix=prefix)
+        write_output(
+            output,
+            num_images,
+            args.shard_size,
+            source=source_uri,
+            prefix=prefix,
+            model=default_model_fingerprint(cache),
+        )
         built_s = time.perf_counter() - started
         print(f"committed output of {num_images:,} images built in {built_s:.1f} s", flush=True)
         started = time.perf_counter()
@@ -412,7 +447,7 @@ def nightly(args: argparse.Namespace, num_images: int) -> dict:
         manifest_s = time.perf_counter() - started
         print(f"manifest written in {manifest_s:.1f} s", flush=True)
         env = dict(os.environ)
-        env["YOLO_BATCH_CACHE"] = str(weights_cache(tmp / "cache"))
+        env["YOLO_BATCH_CACHE"] = str(cache)
         env["TMPDIR"] = str(tmp / "tmp")  # DuckDB's spill, and anything else it leaves
         env.pop("RAY_ADDRESS", None)
         floor = [read_manifest(manifest)]
