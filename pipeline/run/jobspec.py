@@ -11,7 +11,6 @@ spec into the :class:`~pipeline.run.config.RunConfig` of one run.
 
 from __future__ import annotations
 
-import difflib
 import re
 import zoneinfo
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from pipeline.run.settings import (
     with_values,
 )
 from yolov4.pretrained import pretrained_names
-from yolov4.suggest import did_you_mean
+from yolov4.suggest import closest, did_you_mean
 
 #: A job name is a DNS label short enough for the Kubernetes objects named after it (a CronJob
 #: name may have at most 52 characters, and rendering adds a suffix).
@@ -346,8 +345,8 @@ def _check_section(data: dict, schema: dict, prefix: str, problems: list[str]) -
 
 def _unknown_key(key: Any, schema: dict, prefix: str) -> str:
     valid = list(schema)
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    hint = f"did you mean `{prefix}{close[0]}`?" if close else "remove it or fix its name"
+    close = closest(str(key), valid)
+    hint = f"did you mean `{prefix}{close}`?" if close else "remove it or fix its name"
     return f"unknown field `{prefix}{key}`; {hint} (valid fields here: {', '.join(valid)})"
 
 
